@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs the Debian packages loraga needs when they are missing (as root: apt-get),
+# otherwise says which are missing. Called by `make`, `make test` and `make demo`.
+set -e
+PKGS="gcc make libopenblas-openmp-dev liblapacke-dev libcjson-dev libpcre2-dev libcmocka-dev cmake pkg-config"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ]; then
+    echo "loraga: installing missing packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq $missing >/dev/null
+else
+    echo "loraga: missing Debian packages:$missing" >&2
+    echo "        run as root: apt-get install$missing" >&2
+    exit 1
+fi

@@ -1,0 +1,98 @@
+/* cli.c — option parsing shared by the subcommands. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+
+int lg_cli_fail(void) {
+    fprintf(stderr, "loraga: error: %s\n", lg_last_error());
+    return 1;
+}
+
+void lg_print_opts(const lg_opt *opts, int nopts, const char *usage) {
+    printf("%s\n\noptions:\n", usage);
+    for (int i = 0; i < nopts; i++) {
+        const char *arg = opts[i].type == LG_OPT_STR     ? " STR"
+                          : opts[i].type == LG_OPT_INT   ? " N"
+                          : opts[i].type == LG_OPT_FLOAT ? " X"
+                          : opts[i].type == LG_OPT_SIZE  ? " BYTES"
+                                                         : "";
+        char left[64];
+        snprintf(left, sizeof left, "%s%s", opts[i].name, arg);
+        printf("  %-24s %s\n", left, opts[i].help);
+    }
+    printf("  %-24s %s\n", "--help", "show this help");
+}
+
+static int parse_size(const char *s, size_t *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0) return -1;
+    double mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1024.0, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1024.0 * 1024, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1024.0 * 1024 * 1024, end++;
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) return -1;
+    *out = (size_t)(v * mul);
+    return 0;
+}
+
+int lg_parse_opts(int argc, char **argv, const lg_opt *opts, int nopts, const char *usage) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            lg_print_opts(opts, nopts, usage);
+            return 1;
+        }
+        const char *eq = strchr(a, '=');
+        size_t alen = eq ? (size_t)(eq - a) : strlen(a);
+        const lg_opt *o = NULL;
+        for (int j = 0; j < nopts; j++)
+            if (strlen(opts[j].name) == alen && !strncmp(opts[j].name, a, alen)) o = &opts[j];
+        if (!o) {
+            fprintf(stderr, "loraga %s: unknown option '%s' (see --help)\n", argv[0], a);
+            return -1;
+        }
+        if (o->type == LG_OPT_FLAG) {
+            *(int *)o->dst = 1;
+            continue;
+        }
+        const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
+        if (!v) {
+            fprintf(stderr, "loraga %s: option %s needs a value\n", argv[0], o->name);
+            return -1;
+        }
+        char *end;
+        errno = 0;
+        switch (o->type) {
+        case LG_OPT_STR: *(const char **)o->dst = v; break;
+        case LG_OPT_INT: {
+            long x = strtol(v, &end, 10);
+            if (end == v || *end || errno || x < -2147483647L || x > 2147483647L) goto bad;
+            *(int *)o->dst = (int)x;
+            break;
+        }
+        case LG_OPT_FLOAT: {
+            float x = strtof(v, &end);
+            if (end == v || *end || errno) goto bad;
+            *(float *)o->dst = x;
+            break;
+        }
+        case LG_OPT_SIZE:
+            if (parse_size(v, (size_t *)o->dst) != 0) goto bad;
+            break;
+        default: break;
+        }
+        continue;
+    bad:
+        fprintf(stderr, "loraga %s: option %s: '%s' is not a valid value\n", argv[0], o->name, v);
+        return -1;
+    }
+    return 0;
+}

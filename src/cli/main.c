@@ -1,0 +1,35 @@
+/* main.c — `loraga <command> [options]`: dispatch to the subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"convert", cmd_convert, "convert a llama2.c / GGUF model into a Hugging Face directory"},
+    {"tokenize", cmd_tokenize, "print token ids of text or JSONL rows"},
+    {"eval", cmd_eval, "loss / perplexity of a model (+ adapter) on data"},
+    {"train", cmd_train, "fine-tune: full, LoRA family, LoRA-GA"},
+};
+
+static void usage(void) {
+    printf("loraga — LoRA / LoRA-GA fine-tuning of transformer language models\n\n"
+           "usage: loraga <command> [options]   (loraga <command> --help for its options)\n\n"
+           "commands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        printf("  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage();
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "loraga: unknown command '%s' (try loraga --help)\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,292 @@
+/* util.c — see util.h. */
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Thread_local char g_err[2048];
+
+int lg_errorf(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int lg_errorf_prefix(const char *fmt, ...) {
+    char pre[1024], old[sizeof g_err];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    memcpy(old, g_err, sizeof old);
+    snprintf(g_err, sizeof g_err, "%s: %s", pre, old);
+    return -1;
+}
+
+const char *lg_last_error(void) { return g_err[0] ? g_err : "unknown error"; }
+void lg_clear_error(void) { g_err[0] = 0; }
+
+static void oom(size_t n) {
+    fprintf(stderr, "loraga: error: out of memory allocating %zu bytes\n", n);
+    exit(1);
+}
+
+void *lg_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) oom(n);
+    return p;
+}
+void *lg_calloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) oom(n * size);
+    return p;
+}
+void *lg_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) oom(n);
+    return q;
+}
+char *lg_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = lg_malloc(n);
+    memcpy(d, s, n);
+    return d;
+}
+void *lg_aligned_alloc(size_t n) {
+    void *p = NULL;
+    size_t sz = (n + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, sz ? sz : 64) != 0) oom(n);
+    memset(p, 0, sz ? sz : 64);
+    return p;
+}
+void lg_aligned_free(void *p) { free(p); }
+
+int lg_read_file(const char *path, char **data, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return lg_errorf("%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return lg_errorf("%s: cannot seek", path);
+    }
+    long n = ftell(f);
+    if (n < 0) {
+        fclose(f);
+        return lg_errorf("%s: cannot tell size (is it a regular file?)", path);
+    }
+    rewind(f);
+    char *buf = lg_malloc((size_t)n + 1);
+    if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        fclose(f);
+        free(buf);
+        return lg_errorf("%s: read error", path);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *data = buf;
+    if (len) *len = (size_t)n;
+    return 0;
+}
+
+int lg_write_file_atomic(const char *path, const void *data, size_t len) {
+    size_t n = strlen(path) + 32;
+    char *tmp = lg_malloc(n);
+    snprintf(tmp, n, "%s.tmp.%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        lg_errorf("%s: cannot create: %s", tmp, strerror(errno));
+        free(tmp);
+        return -1;
+    }
+    int bad = (len && fwrite(data, 1, len, f) != len);
+    bad |= fflush(f) != 0;
+    bad |= fclose(f) != 0;
+    if (bad) {
+        lg_errorf("%s: write failed (disk full?)", tmp);
+        unlink(tmp);
+        free(tmp);
+        return -1;
+    }
+    if (rename(tmp, path) != 0) {
+        lg_errorf("%s: cannot rename into place: %s", path, strerror(errno));
+        unlink(tmp);
+        free(tmp);
+        return -1;
+    }
+    free(tmp);
+    return 0;
+}
+
+int lg_file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+int lg_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+int lg_mkdir_p(const char *path) {
+    char *p = lg_strdup(path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+                lg_errorf("%s: cannot create directory: %s", p, strerror(errno));
+                free(p);
+                return -1;
+            }
+            *s = '/';
+        }
+    }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+        lg_errorf("%s: cannot create directory: %s", p, strerror(errno));
+        free(p);
+        return -1;
+    }
+    free(p);
+    if (!lg_is_dir(path)) return lg_errorf("%s: exists and is not a directory", path);
+    return 0;
+}
+char *lg_path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *s = lg_malloc(n);
+    snprintf(s, n, "%s/%s", dir, name);
+    return s;
+}
+
+int lg_mmap_file(const char *path, lg_mmap *m) {
+    m->data = NULL;
+    m->size = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return lg_errorf("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return lg_errorf("%s: not a regular file", path);
+    }
+    m->size = (size_t)st.st_size;
+    if (m->size == 0) {
+        close(fd);
+        return lg_errorf("%s: file is empty", path);
+    }
+    void *p = mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return lg_errorf("%s: mmap failed: %s", path, strerror(errno));
+    m->data = p;
+    return 0;
+}
+void lg_munmap(lg_mmap *m) {
+    if (m->data) munmap(m->data, m->size);
+    m->data = NULL;
+    m->size = 0;
+}
+
+/* ---- half precision ---- */
+float lg_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+uint16_t lg_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+float lg_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: normalise */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400u));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+uint16_t lg_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);   /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  /* overflow -> inf */
+    if (a < 0x38800000u) {                                    /* subnormal or zero */
+        if (a < 0x33000000u) return (uint16_t)sign;            /* < half of smallest subnormal */
+        uint32_t man = (a & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(a >> 23); /* 14..24 */
+        uint32_t res = man >> (shift);
+        uint32_t rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (res & 1u))) res++;
+        return (uint16_t)(sign | res);
+    }
+    uint32_t res = ((a >> 13) - ((127 - 15) << 10));
+    uint32_t rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (res & 1u))) res++;
+    return (uint16_t)(sign | res);
+}
+
+/* ---- RNG ---- */
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+void lg_rng_seed(lg_rng *r, uint64_t seed) {
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+uint64_t lg_rng_u64(lg_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return res;
+}
+float lg_rng_uniform(lg_rng *r) { return (float)(lg_rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
+float lg_rng_normal(lg_rng *r) {
+    double u1 = ((double)(lg_rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+    double u2 = (double)(lg_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+double lg_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+long lg_peak_rss_kb(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
