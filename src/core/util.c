@@ -1,5 +1,7 @@
 /* util.c — see util.h. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include "util.h"
 
 #include <errno.h>
@@ -25,13 +27,19 @@ int lg_errorf(const char *fmt, ...) {
 }
 
 int lg_errorf_prefix(const char *fmt, ...) {
-    char pre[1024], old[sizeof g_err];
+    char pre[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
-    memcpy(old, g_err, sizeof old);
-    snprintf(g_err, sizeof g_err, "%s: %s", pre, old);
+    size_t np = strlen(pre), no = strlen(g_err);
+    if (np + 2 >= sizeof g_err) return -1;
+    if (np + 2 + no >= sizeof g_err) no = sizeof g_err - np - 3;
+    memmove(g_err + np + 2, g_err, no); /* "<prefix>: <old message>" */
+    g_err[np + 2 + no] = 0;
+    memcpy(g_err, pre, np);
+    g_err[np] = ':';
+    g_err[np + 1] = ' ';
     return -1;
 }
 

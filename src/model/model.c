@@ -1,0 +1,525 @@
+/* model.c — the decoder: parameters, activation plan, forward and backward.
+ *
+ * Shapes: B batch, T positions, N = B*T rows, C model width, qd = H*hd query width,
+ * kvd = KV*hd key/value width, F FFN width, V vocabulary.
+ *
+ * LLaMA block                                GPT-2 block
+ *   xn1 = rmsnorm(x)                           xn1 = layernorm(x)
+ *   q,k,v = xn1 Wq^T, xn1 Wk^T, xn1 Wv^T       qkv = xn1 Wqkv^T + b   (q|k|v column slices)
+ *   q,k = rope(q), rope(k)
+ *   att = causal_attention(q, k, v)            att = causal_attention(q, k, v)
+ *   xmid = x + att Wo^T                        xmid = x + att Wo^T + b
+ *   xn2 = rmsnorm(xmid)                        xn2 = layernorm(xmid)
+ *   h = silu(xn2 Wg^T) * (xn2 Wu^T)            h = gelu(xn2 Wfc^T + b)
+ *   x' = xmid + h Wd^T                         x' = xmid + h Wproj^T + b
+ */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapters/adapter.h"
+#include "core/util.h"
+
+/* What one layer keeps for backward (pointers into the activation arena). */
+typedef struct {
+    float *x;       /* (N, C) block input (residual stream) */
+    float *xn1;     /* (N, C) */
+    float *mean1, *rstd1; /* (N) */
+    float *q, *k, *v; /* LLaMA: (N, qd), (N, kvd), (N, kvd) after RoPE; GPT-2: slices of qkv */
+    float *qkv;     /* GPT-2: (N, 3C) */
+    float *probs;   /* (B, H, T, T) */
+    float *att;     /* (N, qd) */
+    float *xmid;    /* (N, C) */
+    float *xn2;     /* (N, C) */
+    float *mean2, *rstd2;
+    float *gate, *up; /* LLaMA: (N, F) each; GPT-2: up = pre-GELU (N, F) */
+    float *h;       /* (N, F) */
+} layer_acts;
+
+struct lg_model {
+    lg_config cfg;
+    const lg_ops *ops;
+    int nparams;
+    lg_param *params;
+    float *param_mem;
+    float *grad_mem;
+    int64_t numel;
+    /* named views */
+    lg_param *wte, *wpe, *normf_w, *normf_b, *lm_head; /* lm_head == wte when tied */
+    lg_layer *layers;
+    int nlin;
+    lg_linear **linears;
+    float *rope_cos, *rope_sin;
+    /* activation plan */
+    int B, T, training;
+    float *act_mem;
+    layer_acts *acts;
+    float *x_final, *xnf, *meanf, *rstdf, *logits;
+    float *tmp;                     /* (N, C) */
+    float *dres, *dxn;              /* (N, C) */
+    float *datt, *dq, *dk, *dv, *dq2, *dk2; /* (N, max(qd, 3C)) */
+    float *dgate, *dup, *dh;        /* (N, F) */
+    float *dlogit_x;                /* (N, C) gradient at the final norm output */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* parameter table                                                                            */
+
+static lg_param *add_param(lg_model *m, const char *name, int ndim, int64_t d0, int64_t d1, int conv1d) {
+    lg_param *p = &m->params[m->nparams++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim > 1 ? d1 : 1;
+    p->numel = d0 * (ndim > 1 ? d1 : 1);
+    p->conv1d = conv1d;
+    return p;
+}
+
+static void set_linear(lg_linear *l, const char *module, lg_param *w, lg_param *b) {
+    snprintf(l->name, sizeof l->name, "%s", module);
+    l->w = w;
+    l->b = b;
+    l->out = (int)w->shape[0];
+    l->in = (int)w->shape[1];
+    l->adapter = NULL;
+}
+
+/* Declares every tensor of the architecture with its HF name; data pointers are set later. */
+static void declare_params(lg_model *m) {
+    const lg_config *c = &m->cfg;
+    int C = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
+    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    m->params = lg_calloc((size_t)(16 * L + 8), sizeof(lg_param));
+    m->layers = lg_calloc((size_t)L, sizeof(lg_layer));
+    m->linears = lg_calloc((size_t)(7 * L), sizeof(lg_linear *));
+    char n[112], mod[96];
+    if (c->arch == LG_ARCH_GPT2) {
+        m->wte = add_param(m, "transformer.wte.weight", 2, V, C, 0);
+        m->wpe = add_param(m, "transformer.wpe.weight", 2, c->max_seq, C, 0);
+        for (int l = 0; l < L; l++) {
+            lg_layer *y = &m->layers[l];
+#define P1(field, suffix, d)                                                                       \
+    snprintf(n, sizeof n, "transformer.h.%d.%s", l, suffix);                                       \
+    y->field = add_param(m, n, 1, d, 1, 0);
+#define LIN(field, modname, out, in)                                                               \
+    snprintf(mod, sizeof mod, "transformer.h.%d.%s", l, modname);                                  \
+    snprintf(n, sizeof n, "%s.weight", mod);                                                       \
+    {                                                                                              \
+        lg_param *w_ = add_param(m, n, 2, out, in, 1);                                             \
+        snprintf(n, sizeof n, "%s.bias", mod);                                                     \
+        lg_param *b_ = add_param(m, n, 1, out, 1, 0);                                              \
+        set_linear(&y->field, mod, w_, b_);                                                        \
+        m->linears[m->nlin++] = &y->field;                                                         \
+    }
+            P1(norm1_w, "ln_1.weight", C);
+            P1(norm1_b, "ln_1.bias", C);
+            LIN(qkv, "attn.c_attn", 3 * C, C);
+            LIN(o, "attn.c_proj", C, C);
+            P1(norm2_w, "ln_2.weight", C);
+            P1(norm2_b, "ln_2.bias", C);
+            LIN(up, "mlp.c_fc", F, C);
+            LIN(down, "mlp.c_proj", C, F);
+#undef LIN
+        }
+        m->normf_w = add_param(m, "transformer.ln_f.weight", 1, C, 1, 0);
+        m->normf_b = add_param(m, "transformer.ln_f.bias", 1, C, 1, 0);
+        m->lm_head = m->wte;
+    } else {
+        m->wte = add_param(m, "model.embed_tokens.weight", 2, V, C, 0);
+        for (int l = 0; l < L; l++) {
+            lg_layer *y = &m->layers[l];
+#define LIN(field, modname, out, in, bias)                                                         \
+    snprintf(mod, sizeof mod, "model.layers.%d.%s", l, modname);                                   \
+    snprintf(n, sizeof n, "%s.weight", mod);                                                       \
+    {                                                                                              \
+        lg_param *w_ = add_param(m, n, 2, out, in, 0), *b_ = NULL;                                 \
+        if (bias) {                                                                                \
+            snprintf(n, sizeof n, "%s.bias", mod);                                                 \
+            b_ = add_param(m, n, 1, out, 1, 0);                                                    \
+        }                                                                                          \
+        set_linear(&y->field, mod, w_, b_);                                                        \
+        m->linears[m->nlin++] = &y->field;                                                         \
+    }
+            snprintf(n, sizeof n, "model.layers.%d.input_layernorm.weight", l);
+            y->norm1_w = add_param(m, n, 1, C, 1, 0);
+            LIN(q, "self_attn.q_proj", qd, C, c->qkv_bias);
+            LIN(k, "self_attn.k_proj", kvd, C, c->qkv_bias);
+            LIN(v, "self_attn.v_proj", kvd, C, c->qkv_bias);
+            LIN(o, "self_attn.o_proj", C, qd, c->o_bias);
+            snprintf(n, sizeof n, "model.layers.%d.post_attention_layernorm.weight", l);
+            y->norm2_w = add_param(m, n, 1, C, 1, 0);
+            LIN(gate, "mlp.gate_proj", F, C, c->mlp_bias);
+            LIN(up, "mlp.up_proj", F, C, c->mlp_bias);
+            LIN(down, "mlp.down_proj", C, F, c->mlp_bias);
+#undef LIN
+#undef P1
+        }
+        m->normf_w = add_param(m, "model.norm.weight", 1, C, 1, 0);
+        m->lm_head = c->tied_embeddings ? m->wte : add_param(m, "lm_head.weight", 2, V, C, 0);
+    }
+}
+
+/* GPT-2 checkpoints exist with and without the "transformer." prefix. */
+static int read_param(const lg_weight_src *src, lg_param *p, float *tmp) {
+    const char *name = p->name;
+    if (!src->has(src->ctx, name) && !strncmp(name, "transformer.", 12) && src->has(src->ctx, name + 12))
+        name += 12;
+    if (!src->has(src->ctx, name)) return lg_errorf("tensor '%s' missing from the checkpoint", p->name);
+    if (!p->conv1d) return src->read(src->ctx, name, p->data, p->ndim, p->shape);
+    int64_t st[2] = {p->shape[1], p->shape[0]}; /* Conv1D stores (in, out) */
+    if (src->read(src->ctx, name, tmp, 2, st) != 0) return -1;
+    for (int64_t i = 0; i < st[0]; i++)
+        for (int64_t o = 0; o < st[1]; o++) p->data[o * st[0] + i] = tmp[i * st[1] + o];
+    return 0;
+}
+
+int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed, lg_model **out) {
+    *out = NULL;
+    if (lg_config_validate(c) != 0) return -1;
+    lg_model *m = lg_calloc(1, sizeof *m);
+    m->cfg = *c;
+    m->ops = lg_ops_cpu();
+    declare_params(m);
+    int64_t total = 0, biggest = 0;
+    for (int i = 0; i < m->nparams; i++) {
+        total += (m->params[i].numel + 15) & ~(int64_t)15; /* 64-byte aligned views */
+        if (m->params[i].conv1d) biggest = LG_MAX(biggest, m->params[i].numel);
+    }
+    m->numel = 0;
+    m->param_mem = lg_aligned_alloc((size_t)total * sizeof(float));
+    int64_t off = 0;
+    for (int i = 0; i < m->nparams; i++) {
+        m->params[i].data = m->param_mem + off;
+        off += (m->params[i].numel + 15) & ~(int64_t)15;
+        m->numel += m->params[i].numel;
+    }
+    if (src) {
+        float *tmp = biggest ? lg_malloc((size_t)biggest * sizeof(float)) : NULL;
+        for (int i = 0; i < m->nparams; i++) {
+            if (read_param(src, &m->params[i], tmp) != 0) {
+                free(tmp);
+                lg_model_free(m);
+                return -1;
+            }
+        }
+        free(tmp);
+    } else {
+        lg_rng rng;
+        lg_rng_seed(&rng, seed);
+        for (int i = 0; i < m->nparams; i++) {
+            lg_param *p = &m->params[i];
+            int is_norm_w = p->ndim == 1 && (strstr(p->name, "norm") || strstr(p->name, "ln_")) &&
+                            strstr(p->name, ".weight");
+            for (int64_t e = 0; e < p->numel; e++)
+                p->data[e] = is_norm_w ? 1.0f : p->ndim == 1 ? 0.0f : 0.02f * lg_rng_normal(&rng);
+        }
+    }
+    if (c->arch == LG_ARCH_LLAMA) lg_rope_tables(c->max_seq, c->head_dim, c->rope_theta, &m->rope_cos, &m->rope_sin);
+    *out = m;
+    return 0;
+}
+
+void lg_model_free(lg_model *m) {
+    if (!m) return;
+    lg_aligned_free(m->param_mem);
+    lg_aligned_free(m->grad_mem);
+    lg_aligned_free(m->act_mem);
+    free(m->acts);
+    free(m->params);
+    free(m->layers);
+    free(m->linears);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m);
+}
+
+const lg_config *lg_model_config(const lg_model *m) { return &m->cfg; }
+int lg_model_n_params(const lg_model *m) { return m->nparams; }
+lg_param *lg_model_param(lg_model *m, int i) { return &m->params[i]; }
+int lg_model_n_linears(const lg_model *m) { return m->nlin; }
+lg_linear *lg_model_linear(lg_model *m, int i) { return m->linears[i]; }
+int64_t lg_model_numel(const lg_model *m) { return m->numel; }
+lg_param *lg_model_find_param(lg_model *m, const char *name) {
+    for (int i = 0; i < m->nparams; i++)
+        if (!strcmp(m->params[i].name, name)) return &m->params[i];
+    return NULL;
+}
+
+int lg_model_set_trainable(lg_model *m, int (*want)(const lg_param *p, void *ud), void *ud) {
+    lg_aligned_free(m->grad_mem);
+    m->grad_mem = NULL;
+    int64_t total = 0;
+    for (int i = 0; i < m->nparams; i++) {
+        m->params[i].grad = NULL;
+        if (!want || want(&m->params[i], ud)) total += (m->params[i].numel + 15) & ~(int64_t)15;
+    }
+    if (!total) return 0;
+    m->grad_mem = lg_aligned_alloc((size_t)total * sizeof(float));
+    int64_t off = 0;
+    for (int i = 0; i < m->nparams; i++) {
+        if (!want || want(&m->params[i], ud)) {
+            m->params[i].grad = m->grad_mem + off;
+            off += (m->params[i].numel + 15) & ~(int64_t)15;
+        }
+    }
+    return 0;
+}
+
+void lg_model_zero_grads(lg_model *m) {
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i].grad) memset(m->params[i].grad, 0, (size_t)m->params[i].numel * sizeof(float));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* activation plan                                                                            */
+
+int lg_model_plan(lg_model *m, int B, int T, int training) {
+    const lg_config *c = &m->cfg;
+    if (B <= 0 || T <= 0) return lg_errorf("batch shape %d x %d is invalid", B, T);
+    if (T > c->max_seq) return lg_errorf("sequence length %d exceeds the model's maximum %d", T, c->max_seq);
+    lg_aligned_free(m->act_mem);
+    free(m->acts);
+    int64_t N = (int64_t)B * T, C = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
+    int64_t H = c->n_heads, qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    int gpt2 = c->arch == LG_ARCH_GPT2;
+    int64_t wide = LG_MAX(qd, gpt2 ? 3 * C : qd);
+    /* Sizes in floats, every slice rounded to 16 floats so views stay 64-byte aligned. */
+#define R(x) (((x) + 15) & ~(int64_t)15)
+    int64_t per_layer = R(N * C) * 4 /* x xn1 xmid xn2 */ + R(N) * 4 +
+                        (gpt2 ? R(N * 3 * C) : R(N * qd) + 2 * R(N * kvd)) + R(B * H * T * T) + R(N * qd) +
+                        (gpt2 ? R(N * F) * 2 : R(N * F) * 3);
+    int64_t layers_total = training ? L * per_layer : per_layer; /* inference: one layer reused */
+    int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(N * V);
+    int64_t grads = training ? R(N * C) * 3 + R(N * wide) * 6 + R(N * F) * 3 : 0;
+    int64_t total = layers_total + rest + grads;
+    m->act_mem = lg_aligned_alloc((size_t)total * sizeof(float));
+    m->acts = lg_calloc((size_t)L, sizeof(layer_acts));
+    float *p = m->act_mem;
+#define TAKE(n) (p += R(n), p - R(n))
+    for (int64_t l = 0; l < L; l++) {
+        layer_acts *a = &m->acts[l];
+        if (!training && l > 0) {
+            *a = m->acts[0];
+            continue;
+        }
+        a->x = TAKE(N * C);
+        a->xn1 = TAKE(N * C);
+        a->mean1 = TAKE(N);
+        a->rstd1 = TAKE(N);
+        if (gpt2) {
+            a->qkv = TAKE(N * 3 * C);
+            a->q = a->qkv;
+            a->k = a->qkv + C;
+            a->v = a->qkv + 2 * C;
+        } else {
+            a->q = TAKE(N * qd);
+            a->k = TAKE(N * kvd);
+            a->v = TAKE(N * kvd);
+        }
+        a->probs = TAKE(B * H * T * T);
+        a->att = TAKE(N * qd);
+        a->xmid = TAKE(N * C);
+        a->xn2 = TAKE(N * C);
+        a->mean2 = TAKE(N);
+        a->rstd2 = TAKE(N);
+        if (gpt2) {
+            a->up = TAKE(N * F);
+            a->h = TAKE(N * F);
+        } else {
+            a->gate = TAKE(N * F);
+            a->up = TAKE(N * F);
+            a->h = TAKE(N * F);
+        }
+    }
+    m->x_final = TAKE(N * C);
+    m->xnf = TAKE(N * C);
+    m->tmp = TAKE(N * C);
+    m->meanf = TAKE(N);
+    m->rstdf = TAKE(N);
+    m->logits = TAKE(N * V);
+    if (training) {
+        m->dres = TAKE(N * C);
+        m->dxn = TAKE(N * C);
+        m->dlogit_x = TAKE(N * C);
+        m->datt = TAKE(N * wide);
+        m->dq = TAKE(N * wide);
+        m->dk = TAKE(N * wide);
+        m->dv = TAKE(N * wide);
+        m->dq2 = TAKE(N * wide);
+        m->dk2 = TAKE(N * wide);
+        m->dgate = TAKE(N * F);
+        m->dup = TAKE(N * F);
+        m->dh = TAKE(N * F);
+    }
+#undef TAKE
+#undef R
+    m->B = B;
+    m->T = T;
+    m->training = training;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* linear layers: the base GEMM plus the optional adapter                                     */
+
+static void linear_fwd(lg_model *m, lg_linear *l, float *y, const float *x, int N) {
+    m->ops->linear_forward(y, x, l->w->data, l->b ? l->b->data : NULL, N, l->in, l->out);
+    if (l->adapter) lg_adapter_forward(l->adapter, l, y, x, N, m->training);
+}
+
+/* dx += dy W (+ adapter path);  dW, db only when the base weight is trainable. */
+static void linear_bwd(lg_model *m, lg_linear *l, float *dx, const float *dy, const float *x, int N) {
+    m->ops->linear_backward(dx, l->w->grad, l->b ? l->b->grad : NULL, dy, x, l->w->data, N, l->in, l->out);
+    if (l->adapter) lg_adapter_backward(l->adapter, l, dx, dy, x, N);
+}
+
+static void norm_fwd(lg_model *m, float *out, float *mean, float *rstd, const float *x, lg_param *w, lg_param *b,
+                     int N) {
+    if (m->cfg.arch == LG_ARCH_GPT2)
+        m->ops->layernorm_forward(out, mean, rstd, x, w->data, b->data, N, m->cfg.dim, m->cfg.norm_eps);
+    else
+        m->ops->rmsnorm_forward(out, rstd, x, w->data, N, m->cfg.dim, m->cfg.norm_eps);
+}
+
+static void norm_bwd(lg_model *m, float *dx, const float *dout, const float *x, lg_param *w, lg_param *b,
+                     const float *mean, const float *rstd, int N) {
+    if (m->cfg.arch == LG_ARCH_GPT2)
+        m->ops->layernorm_backward(dx, w->grad, b->grad, dout, x, w->data, mean, rstd, N, m->cfg.dim);
+    else
+        m->ops->rmsnorm_backward(dx, w->grad, dout, x, w->data, rstd, N, m->cfg.dim);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* forward                                                                                    */
+
+float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
+    const lg_config *c = &m->cfg;
+    const lg_ops *ops = m->ops;
+    int B = b->B, T = b->T, N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    int qd = H * hd, gpt2 = c->arch == LG_ARCH_GPT2;
+    if (!m->act_mem || B != m->B || T != m->T) lg_model_plan(m, B, T, m->act_mem ? m->training : 0);
+
+    float *x = m->acts[0].x;
+    ops->embedding_forward(x, b->inputs, m->wte->data, N, C);
+    if (gpt2) ops->posemb_forward(x, m->wpe->data, B, T, C, 0);
+
+    for (int l = 0; l < c->n_layers; l++) {
+        lg_layer *y = &m->layers[l];
+        layer_acts *a = &m->acts[l];
+        if (a->x != x) memcpy(a->x, x, (size_t)N * C * sizeof(float));
+        norm_fwd(m, a->xn1, a->mean1, a->rstd1, a->x, y->norm1_w, y->norm1_b, N);
+        int ldq, ldkv;
+        if (gpt2) {
+            linear_fwd(m, &y->qkv, a->qkv, a->xn1, N);
+            ldq = ldkv = 3 * C;
+        } else {
+            linear_fwd(m, &y->q, a->q, a->xn1, N);
+            linear_fwd(m, &y->k, a->k, a->xn1, N);
+            linear_fwd(m, &y->v, a->v, a->xn1, N);
+            ops->rope_forward(a->q, a->q, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+            ops->rope_forward(a->k, a->k, KV * hd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+            ldq = qd;
+            ldkv = KV * hd;
+        }
+        ops->attention_forward(a->att, a->probs, a->q, ldq, a->k, ldkv, a->v, ldkv, B, T, H, KV, hd);
+        linear_fwd(m, &y->o, m->tmp, a->att, N);
+        for (long i = 0; i < (long)N * C; i++) a->xmid[i] = a->x[i] + m->tmp[i];
+        norm_fwd(m, a->xn2, a->mean2, a->rstd2, a->xmid, y->norm2_w, y->norm2_b, N);
+        if (gpt2) {
+            linear_fwd(m, &y->up, a->up, a->xn2, N);
+            ops->gelu_forward(a->h, a->up, (long)N * c->hidden_dim);
+        } else {
+            linear_fwd(m, &y->gate, a->gate, a->xn2, N);
+            linear_fwd(m, &y->up, a->up, a->xn2, N);
+            ops->swiglu_forward(a->h, a->gate, a->up, (long)N * c->hidden_dim);
+        }
+        linear_fwd(m, &y->down, m->tmp, a->h, N);
+        float *next = (l + 1 < c->n_layers) ? m->acts[l + 1].x : m->x_final;
+        if (next == a->x) next = m->x_final; /* inference plan: one layer buffer reused */
+        for (long i = 0; i < (long)N * C; i++) next[i] = a->xmid[i] + m->tmp[i];
+        x = next;
+    }
+    if (x != m->x_final) memcpy(m->x_final, x, (size_t)N * C * sizeof(float));
+    norm_fwd(m, m->xnf, m->meanf, m->rstdf, m->x_final, m->normf_w, m->normf_b, N);
+    ops->linear_forward(m->logits, m->xnf, m->lm_head->data, NULL, N, C, c->vocab_size);
+
+    double wsum = 0;
+    for (int i = 0; i < N; i++) wsum += b->weight[i];
+    if (wsum_out) *wsum_out = wsum;
+    /* cross_entropy overwrites logits only when asked for a gradient: compute the value here. */
+    double nll = ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, 0.0f, 0);
+    return wsum > 0 ? (float)(nll / wsum) : NAN;
+}
+
+const float *lg_model_logits(const lg_model *m) { return m->logits; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* backward                                                                                   */
+
+void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
+    const lg_config *c = &m->cfg;
+    const lg_ops *ops = m->ops;
+    int B = b->B, T = b->T, N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    int F = c->hidden_dim, qd = H * hd, kvd = KV * hd, gpt2 = c->arch == LG_ARCH_GPT2;
+    size_t NC = (size_t)N * C * sizeof(float), NF = (size_t)N * F * sizeof(float);
+
+    /* loss -> logits -> final norm */
+    ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, loss_scale, 1);
+    memset(m->dlogit_x, 0, NC);
+    ops->linear_backward(m->dlogit_x, m->lm_head->grad, NULL, m->logits, m->xnf, m->lm_head->data, N, C,
+                         c->vocab_size);
+    memset(m->dres, 0, NC);
+    norm_bwd(m, m->dres, m->dlogit_x, m->x_final, m->normf_w, m->normf_b, m->meanf, m->rstdf, N);
+
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        lg_layer *y = &m->layers[l];
+        layer_acts *a = &m->acts[l];
+        /* MLP: x' = xmid + down(h); dres is d x' and becomes d xmid */
+        memset(m->dh, 0, NF);
+        linear_bwd(m, &y->down, m->dh, m->dres, a->h, N);
+        memset(m->dup, 0, NF);
+        memset(m->dxn, 0, NC);
+        if (gpt2) {
+            ops->gelu_backward(m->dup, m->dh, a->up, (long)N * F);
+            linear_bwd(m, &y->up, m->dxn, m->dup, a->xn2, N);
+        } else {
+            memset(m->dgate, 0, NF);
+            ops->swiglu_backward(m->dgate, m->dup, m->dh, a->gate, a->up, (long)N * F);
+            linear_bwd(m, &y->gate, m->dxn, m->dgate, a->xn2, N);
+            linear_bwd(m, &y->up, m->dxn, m->dup, a->xn2, N);
+        }
+        norm_bwd(m, m->dres, m->dxn, a->xmid, y->norm2_w, y->norm2_b, a->mean2, a->rstd2, N);
+
+        /* attention: xmid = x + o(att); dres becomes d x */
+        memset(m->datt, 0, (size_t)N * qd * sizeof(float));
+        linear_bwd(m, &y->o, m->datt, m->dres, a->att, N);
+        memset(m->dxn, 0, NC);
+        if (gpt2) {
+            float *dqkv = m->dq;
+            memset(dqkv, 0, (size_t)N * 3 * C * sizeof(float));
+            ops->attention_backward(dqkv, dqkv + C, dqkv + 2 * C, m->datt, a->q, 3 * C, a->k, 3 * C, a->v, 3 * C,
+                                    a->probs, B, T, H, KV, hd);
+            linear_bwd(m, &y->qkv, m->dxn, dqkv, a->xn1, N);
+        } else {
+            memset(m->dq, 0, (size_t)N * qd * sizeof(float));
+            memset(m->dk, 0, (size_t)N * kvd * sizeof(float));
+            memset(m->dv, 0, (size_t)N * kvd * sizeof(float));
+            ops->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, qd, a->k, kvd, a->v, kvd, a->probs, B, T, H,
+                                    KV, hd);
+            memset(m->dq2, 0, (size_t)N * qd * sizeof(float));
+            memset(m->dk2, 0, (size_t)N * kvd * sizeof(float));
+            ops->rope_backward(m->dq2, m->dq, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+            ops->rope_backward(m->dk2, m->dk, kvd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+            linear_bwd(m, &y->q, m->dxn, m->dq2, a->xn1, N);
+            linear_bwd(m, &y->k, m->dxn, m->dk2, a->xn1, N);
+            linear_bwd(m, &y->v, m->dxn, m->dv, a->xn1, N);
+        }
+        norm_bwd(m, m->dres, m->dxn, a->x, y->norm1_w, y->norm1_b, a->mean1, a->rstd1, N);
+    }
+    if (m->wte->grad) ops->embedding_backward(m->wte->grad, m->dres, b->inputs, N, C);
+    if (gpt2 && m->wpe->grad) ops->posemb_backward(m->wpe->grad, m->dres, B, T, C, 0);
+}

@@ -1,0 +1,102 @@
+/* model_io.c — load a model from a Hugging Face directory or a llama2.c file; save as HF. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+
+static int st_read(void *ctx, const char *name, float *dst, int ndim, const int64_t *shape) {
+    return lg_st_read_f32(ctx, name, dst, ndim, shape);
+}
+static int st_has(void *ctx, const char *name) { return lg_st_find(ctx, name) != NULL; }
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+int lg_model_load(const char *path, lg_model **out) {
+    *out = NULL;
+    lg_config cfg;
+    if (lg_is_dir(path)) {
+        if (lg_config_load(path, &cfg) != 0) return -1;
+        lg_safetensors *st;
+        if (lg_st_open(path, &st) != 0) return -1;
+        lg_weight_src src = {st, st_read, st_has};
+        int rc = lg_model_create(&cfg, &src, 0, out);
+        lg_st_close(st);
+        if (rc) lg_errorf_prefix("%s", path);
+        return rc;
+    }
+    if (!lg_file_exists(path)) return lg_errorf("%s: no such file or directory", path);
+    if (ends_with(path, ".gguf")) return lg_errorf("%s: GGUF models are not supported yet", path);
+    lg_weight_src src;
+    if (lg_llama2c_open(path, &cfg, &src) != 0) return -1;
+    int rc = lg_model_create(&cfg, &src, 0, out);
+    lg_llama2c_close(&src);
+    return rc;
+}
+
+/* HF's rotate-half layout pairs dims (i, i + hd/2) where llama2.c pairs (2i, 2i+1): within each
+ * head, new row s*hd/2 + i = old row 2i + s. Same permutation as transformers'
+ * convert_llama_weights_to_hf.py applies to Meta's checkpoints. */
+static void permute_rows_to_half(float *dst, const float *src, int rows, int cols, int hd) {
+    for (int r = 0; r < rows; r++) {
+        int head = r / hd, j = r % hd, s = j / (hd / 2), i = j % (hd / 2);
+        int old = head * hd + 2 * i + s;
+        memcpy(dst + (size_t)r * cols, src + (size_t)old * cols, (size_t)cols * sizeof(float));
+    }
+}
+
+static int parse_dtype(const char *s, lg_dtype *dt) {
+    if (!s || !strcmp(s, "float32")) *dt = LG_DT_F32;
+    else if (!strcmp(s, "bfloat16")) *dt = LG_DT_BF16;
+    else if (!strcmp(s, "float16")) *dt = LG_DT_F16;
+    else return lg_errorf("unknown dtype '%s' (float32, bfloat16, float16)", s);
+    return 0;
+}
+
+int lg_model_save_hf(lg_model *m, const char *dir, const char *dtype) {
+    lg_config cfg = *lg_model_config(m);
+    lg_dtype dt = LG_DT_F32;
+    if (parse_dtype(dtype ? dtype : cfg.torch_dtype, &dt) != 0) return -1;
+    if (lg_mkdir_p(dir) != 0) return -1;
+    int n = lg_model_n_params(m);
+    lg_st_item *items = lg_calloc((size_t)n, sizeof *items);
+    float **owned = lg_calloc((size_t)n, sizeof *owned);
+    for (int i = 0; i < n; i++) {
+        lg_param *p = lg_model_param(m, i);
+        lg_st_item *it = &items[i];
+        it->name = p->name;
+        it->dtype = dt;
+        it->ndim = p->ndim;
+        it->shape[0] = p->shape[0];
+        it->shape[1] = p->shape[1];
+        it->data = p->data;
+        int is_qk = strstr(p->name, "self_attn.q_proj.weight") || strstr(p->name, "self_attn.k_proj.weight");
+        if (p->conv1d) { /* back to Conv1D's (in, out) */
+            float *t = owned[i] = lg_malloc((size_t)p->numel * sizeof(float));
+            for (int64_t o = 0; o < p->shape[0]; o++)
+                for (int64_t k = 0; k < p->shape[1]; k++) t[k * p->shape[0] + o] = p->data[o * p->shape[1] + k];
+            it->shape[0] = p->shape[1];
+            it->shape[1] = p->shape[0];
+            it->data = t;
+        } else if (is_qk && cfg.rope_style == LG_ROPE_INTERLEAVED) {
+            float *t = owned[i] = lg_malloc((size_t)p->numel * sizeof(float));
+            permute_rows_to_half(t, p->data, (int)p->shape[0], (int)p->shape[1], cfg.head_dim);
+            it->data = t;
+        }
+    }
+    char *path = lg_path_join(dir, "model.safetensors");
+    lg_st_meta meta[] = {{"format", "pt"}};
+    int rc = lg_st_write(path, items, n, meta, 1);
+    free(path);
+    for (int i = 0; i < n; i++) free(owned[i]);
+    free(owned);
+    free(items);
+    if (rc) return -1;
+    cfg.rope_style = LG_ROPE_HALF;
+    snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "%s", dt == LG_DT_F32 ? "float32" : dt == LG_DT_BF16 ? "bfloat16" : "float16");
+    return lg_config_save(&cfg, dir);
+}
