@@ -13,6 +13,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "print token ids of text or JSONL rows"},
     {"eval", cmd_eval, "loss / perplexity of a model (+ adapter) on data"},
     {"train", cmd_train, "fine-tune: full, LoRA family, LoRA-GA"},
+    {"bench", cmd_bench, "measure tokens/s, GFLOP/s and peak RSS of the engine"},
 };
 
 static void usage(void) {

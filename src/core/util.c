@@ -298,3 +298,61 @@ long lg_peak_rss_kb(void) {
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss;
 }
+
+#include <dirent.h>
+
+static int dir_is_empty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    struct dirent *e;
+    int empty = 1;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = 0;
+    closedir(d);
+    return empty;
+}
+
+char *lg_outdir_begin(const char *out) {
+    if (lg_file_exists(out) && !(lg_is_dir(out) && dir_is_empty(out))) {
+        lg_errorf("%s: already exists and is not an empty directory; choose another output or remove it", out);
+        return NULL;
+    }
+    size_t n = strlen(out) + 32;
+    char *tmp = lg_malloc(n);
+    snprintf(tmp, n, "%s.tmp.%d", out, (int)getpid());
+    if (lg_mkdir_p(tmp) != 0) {
+        free(tmp);
+        return NULL;
+    }
+    return tmp;
+}
+
+static void remove_tree(const char *path) {
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char *p = lg_path_join(path, e->d_name);
+            if (lg_is_dir(p)) remove_tree(p);
+            else unlink(p);
+            free(p);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+int lg_outdir_commit(char *tmp, const char *out) {
+    if (lg_is_dir(out) && dir_is_empty(out)) rmdir(out);
+    int rc = 0;
+    if (rename(tmp, out) != 0) rc = lg_errorf("%s: cannot move output into place: %s", out, strerror(errno));
+    free(tmp);
+    return rc;
+}
+
+void lg_outdir_abort(char *tmp) {
+    if (!tmp) return;
+    remove_tree(tmp);
+    free(tmp);
+}

@@ -71,3 +71,13 @@ long lg_peak_rss_kb(void);
 #define LG_UNUSED(x) ((void)(x))
 
 #endif
+
+/* ---- output directories ---------------------------------------------------------------------
+ * Outputs are built in "<out>.tmp.<pid>" and renamed into place at the end, so an interrupted
+ * run never leaves a half-written directory and never touches an existing one. */
+/* Refuses an existing non-empty `out`; creates and returns the temporary directory. */
+char *lg_outdir_begin(const char *out);
+/* Renames tmp to out (removing an empty `out` first); frees tmp. */
+int lg_outdir_commit(char *tmp, const char *out);
+/* Removes tmp and its files (one level deep); frees tmp. */
+void lg_outdir_abort(char *tmp);

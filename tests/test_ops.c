@@ -1,0 +1,889 @@
+/* test_ops.c — the CPU kernels of ops.h: every backward against central finite differences,
+ * forwards against naive double-precision references, plus the properties the model relies
+ * on (causality, RoPE layouts, accumulation, NULL gradients, huge logits). */
+#include "testutil.h"
+
+#include "ops/ops.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+
+static const lg_ops *OPS;
+
+/* Finite-difference check: step h = FD_H * max(1, |x|), central difference of the float
+ * kernel evaluated at x +- h with the loss summed in double; per element
+ * |a - n| / (|a| + |n| + FD_FLOOR) must stay below FD_TOL. */
+#define FD_H 1e-2f
+#define FD_FLOOR 1e-3
+#define FD_TOL 2e-2
+
+/* ---- helpers -------------------------------------------------------------------------- */
+
+static float *randn(lg_rng *r, long n, float scale) {
+    float *p = lg_malloc((size_t)n * sizeof(float));
+    for (long i = 0; i < n; i++) p[i] = scale * lg_rng_normal(r);
+    return p;
+}
+static float *zeros(long n) { return lg_calloc((size_t)n, sizeof(float)); }
+static float *dup_f(const float *a, long n) {
+    float *p = lg_malloc((size_t)n * sizeof(float));
+    memcpy(p, a, (size_t)n * sizeof(float));
+    return p;
+}
+static double dot_d(const float *a, const float *b, long n) {
+    double s = 0.0;
+    for (long i = 0; i < n; i++) s += (double)a[i] * (double)b[i];
+    return s;
+}
+static double max_abs_diff(const float *a, const float *b, long n) {
+    double m = 0.0;
+    for (long i = 0; i < n; i++) m = fmax(m, fabs((double)a[i] - (double)b[i]));
+    return m;
+}
+static int all_finite(const float *a, long n) {
+    for (long i = 0; i < n; i++)
+        if (!isfinite(a[i])) return 0;
+    return 1;
+}
+
+typedef double (*loss_fn)(void *ctx);
+
+/* Compare grad (analytic dL/dparam) with central differences of loss() over param[0..n),
+ * checking at most maxn evenly spread elements. */
+static void fd_check(const char *what, float *param, long n, const float *grad, loss_fn loss,
+                     void *ctx, long maxn) {
+    long step = n > maxn ? (n + maxn - 1) / maxn : 1;
+    double worst = 0.0, biggest = 0.0;
+    long worst_i = -1;
+    for (long i = (step > 1 ? step / 3 : 0); i < n; i += step) {
+        float x0 = param[i], h = FD_H * fmaxf(1.0f, fabsf(x0));
+        float xp = x0 + h, xm = x0 - h;
+        param[i] = xp;
+        double lp = loss(ctx);
+        param[i] = xm;
+        double lm = loss(ctx);
+        param[i] = x0;
+        double num = (lp - lm) / ((double)xp - (double)xm);
+        double a = grad[i];
+        double err = fabs(a - num) / (fabs(a) + fabs(num) + FD_FLOOR);
+        biggest = fmax(biggest, fabs(num));
+        if (err > worst) {
+            worst = err;
+            worst_i = i;
+        }
+    }
+    if (worst >= FD_TOL || getenv("LG_FD_VERBOSE"))
+        print_message("%s: worst rel err %.3g at %ld (analytic %g)\n", what, worst, worst_i,
+                      worst_i >= 0 ? grad[worst_i] : 0.0);
+    assert_true(biggest > 1e-3); /* the check must see a real gradient */
+    assert_true(worst < FD_TOL);
+}
+
+/* ---- gemm / linear ----------------------------------------------------------------------- */
+
+static void test_gemm_vs_naive(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 1);
+    int M = 7, N = 9, K = 5, pad = 3;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
+            int lda = acols + pad, ldb = bcols + pad, ldc = N + pad;
+            float *A = randn(&r, (long)arows * lda, 1.0f), *B = randn(&r, (long)brows * ldb, 1.0f);
+            float *C = randn(&r, (long)M * ldc, 1.0f), *C0 = dup_f(C, (long)M * ldc);
+            OPS->gemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 2.0f, C, ldc);
+            for (int i = 0; i < M; i++) {
+                for (int j = 0; j < N; j++) {
+                    double s = 0.0;
+                    for (int p = 0; p < K; p++) {
+                        double a = ta ? A[p * lda + i] : A[i * lda + p];
+                        double b = tb ? B[j * ldb + p] : B[p * ldb + j];
+                        s += a * b;
+                    }
+                    double want = 0.5 * s + 2.0 * C0[i * ldc + j];
+                    assert_true(fabs(C[i * ldc + j] - want) < 1e-4 * (1.0 + fabs(want)));
+                }
+                for (int j = N; j < ldc; j++) assert_true(C[i * ldc + j] == C0[i * ldc + j]);
+            }
+            free(A), free(B), free(C), free(C0);
+        }
+}
+
+static void test_linear_forward_vs_naive(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 2);
+    int N = 13, in = 17, out = 11;
+    float *x = randn(&r, (long)N * in, 1.0f), *W = randn(&r, (long)out * in, 1.0f);
+    float *b = randn(&r, out, 1.0f), *y = zeros((long)N * out);
+    for (int withb = 0; withb < 2; withb++) {
+        OPS->linear_forward(y, x, W, withb ? b : NULL, N, in, out);
+        for (int i = 0; i < N; i++)
+            for (int o = 0; o < out; o++) {
+                double s = withb ? b[o] : 0.0;
+                for (int j = 0; j < in; j++) s += (double)x[i * in + j] * W[o * in + j];
+                assert_true(fabs(y[i * out + o] - s) < 1e-4 * (1.0 + fabs(s)));
+            }
+    }
+    free(x), free(W), free(b), free(y);
+}
+
+typedef struct {
+    float *x, *W, *b, *g, *y;
+    int N, in, out;
+} lin_ctx;
+static double lin_loss(void *p) {
+    lin_ctx *c = p;
+    OPS->linear_forward(c->y, c->x, c->W, c->b, c->N, c->in, c->out);
+    return dot_d(c->g, c->y, (long)c->N * c->out);
+}
+
+static void run_linear_grad(int N, int in, int out, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 3);
+    lin_ctx c = {randn(&r, (long)N * in, 1.0f), randn(&r, (long)out * in, 1.0f),
+                 randn(&r, out, 1.0f), randn(&r, (long)N * out, 1.0f), zeros((long)N * out),
+                 N, in, out};
+    float *dx = zeros((long)N * in), *dW = zeros((long)out * in), *db = zeros(out);
+    OPS->linear_backward(dx, dW, db, c.g, c.x, c.W, N, in, out);
+    fd_check("linear dx", c.x, (long)N * in, dx, lin_loss, &c, maxn);
+    fd_check("linear dW", c.W, (long)out * in, dW, lin_loss, &c, maxn);
+    fd_check("linear db", c.b, out, db, lin_loss, &c, maxn);
+    free(c.x), free(c.W), free(c.b), free(c.g), free(c.y), free(dx), free(dW), free(db);
+}
+static void test_linear_grad(void **state) {
+    (void)state;
+    run_linear_grad(6, 5, 4, 1000);
+    run_linear_grad(400, 20, 100, 120); /* db: threaded column blocks, a partial last block */
+}
+
+/* Backward accumulates, and each NULL output is skipped without changing the others. */
+static void test_linear_backward_accum_null(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 4);
+    int N = 9, in = 7, out = 5;
+    float *x = randn(&r, N * in, 1.0f), *W = randn(&r, out * in, 1.0f);
+    float *dy = randn(&r, N * out, 1.0f);
+    float *dx = zeros(N * in), *dW = zeros(out * in), *db = zeros(out);
+    OPS->linear_backward(dx, dW, db, dy, x, W, N, in, out);
+    float *bx = randn(&r, N * in, 1.0f), *bW = randn(&r, out * in, 1.0f);
+    float *bb = randn(&r, out, 1.0f);
+    float *ax = dup_f(bx, N * in), *aW = dup_f(bW, out * in), *ab = dup_f(bb, out);
+    OPS->linear_backward(ax, NULL, NULL, dy, x, W, N, in, out);
+    OPS->linear_backward(NULL, aW, NULL, dy, x, W, N, in, out);
+    OPS->linear_backward(NULL, NULL, ab, dy, x, W, N, in, out);
+    OPS->linear_backward(NULL, NULL, NULL, dy, x, W, N, in, out);
+    for (int i = 0; i < N * in; i++) assert_true(fabsf(ax[i] - (bx[i] + dx[i])) < 1e-5f);
+    for (int i = 0; i < out * in; i++) assert_true(fabsf(aW[i] - (bW[i] + dW[i])) < 1e-5f);
+    for (int i = 0; i < out; i++) assert_true(fabsf(ab[i] - (bb[i] + db[i])) < 1e-5f);
+    free(x), free(W), free(dy), free(dx), free(dW), free(db);
+    free(bx), free(bW), free(bb), free(ax), free(aW), free(ab);
+}
+
+/* ---- embeddings ------------------------------------------------------------------------- */
+
+static void test_embedding(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 5);
+    /* small, then large enough for the threaded path; ids repeat heavily in both */
+    int shapes[2][3] = {{10, 6, 4}, {4096, 70, 8}}; /* N, C, V */
+    for (int sh = 0; sh < 2; sh++) {
+        int N = shapes[sh][0], C = shapes[sh][1], V = shapes[sh][2];
+        int *ids = lg_malloc((size_t)N * sizeof(int));
+        for (int i = 0; i < N; i++) ids[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
+        float *table = randn(&r, (long)V * C, 1.0f), *out = zeros((long)N * C);
+        OPS->embedding_forward(out, ids, table, N, C);
+        for (int i = 0; i < N; i++)
+            assert_memory_equal(out + (long)i * C, table + (long)ids[i] * C, C * sizeof(float));
+        float *dout = randn(&r, (long)N * C, 1.0f), *dt = randn(&r, (long)V * C, 1.0f);
+        double *want = lg_malloc((size_t)V * C * sizeof(double));
+        for (long i = 0; i < (long)V * C; i++) want[i] = dt[i];
+        for (int i = 0; i < N; i++)
+            for (int c = 0; c < C; c++) want[(long)ids[i] * C + c] += dout[(long)i * C + c];
+        OPS->embedding_backward(dt, dout, ids, N, C);
+        for (long i = 0; i < (long)V * C; i++) assert_true(fabs(dt[i] - want[i]) < 1e-3);
+        free(ids), free(table), free(out), free(dout), free(dt), free(want);
+    }
+}
+
+typedef struct {
+    float *wpe, *base, *out, *g;
+    int B, T, C, pos0;
+} pos_ctx;
+static double pos_loss(void *p) {
+    pos_ctx *c = p;
+    long n = (long)c->B * c->T * c->C;
+    memcpy(c->out, c->base, (size_t)n * sizeof(float));
+    OPS->posemb_forward(c->out, c->wpe, c->B, c->T, c->C, c->pos0);
+    return dot_d(c->g, c->out, n);
+}
+
+static void test_posemb(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 6);
+    int B = 3, T = 4, C = 5, pos0 = 2, P = 8;
+    long n = (long)B * T * C;
+    pos_ctx c = {randn(&r, (long)P * C, 1.0f), randn(&r, n, 1.0f), zeros(n), randn(&r, n, 1.0f),
+                 B, T, C, pos0};
+    pos_loss(&c);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < C; i++) {
+                long k = ((long)b * T + t) * C + i;
+                assert_true(c.out[k] == c.base[k] + c.wpe[(pos0 + t) * C + i]);
+            }
+    float *dwpe = zeros((long)P * C);
+    OPS->posemb_backward(dwpe, c.g, B, T, C, pos0);
+    for (int p = 0; p < P; p++) /* rows outside [pos0, pos0+T) untouched */
+        if (p < pos0 || p >= pos0 + T)
+            for (int i = 0; i < C; i++) assert_true(dwpe[p * C + i] == 0.0f);
+    fd_check("posemb dwpe", c.wpe, (long)P * C, dwpe, pos_loss, &c, 1000);
+    free(c.wpe), free(c.base), free(c.out), free(c.g), free(dwpe);
+}
+
+/* ---- norms ------------------------------------------------------------------------------ */
+
+typedef struct {
+    float *x, *w, *b, *g, *out, *mean, *rstd;
+    int N, C, layer;
+} norm_ctx;
+static double norm_loss(void *p) {
+    norm_ctx *c = p;
+    if (c->layer)
+        OPS->layernorm_forward(c->out, c->mean, c->rstd, c->x, c->w, c->b, c->N, c->C, 1e-5f);
+    else
+        OPS->rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->N, c->C, 1e-5f);
+    return dot_d(c->g, c->out, (long)c->N * c->C);
+}
+
+static void run_norm(int layer, int N, int C, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 7 + (uint64_t)layer);
+    long n = (long)N * C;
+    norm_ctx c = {randn(&r, n, 1.5f), randn(&r, C, 1.0f), randn(&r, C, 1.0f), randn(&r, n, 1.0f),
+                  zeros(n), zeros(N), zeros(N), N, C, layer};
+    for (long i = 0; i < n; i++) c.x[i] += 0.5f; /* non-zero mean matters for LayerNorm */
+    norm_loss(&c);
+    /* forward against double precision */
+    for (int i = 0; i < N; i++) {
+        const float *xi = c.x + (long)i * C;
+        double m = 0.0, v = 0.0;
+        if (layer) {
+            for (int k = 0; k < C; k++) m += xi[k];
+            m /= C;
+        }
+        for (int k = 0; k < C; k++) v += (xi[k] - m) * (xi[k] - m);
+        double rs = 1.0 / sqrt(v / C + 1e-5);
+        assert_true(fabs(c.rstd[i] - rs) < 1e-4 * rs);
+        if (layer) assert_true(fabs(c.mean[i] - m) < 1e-5 * (1 + fabs(m)));
+        for (int k = 0; k < C; k++) {
+            double want = (xi[k] - m) * rs * c.w[k] + (layer ? c.b[k] : 0.0);
+            assert_true(fabs(c.out[(long)i * C + k] - want) < 1e-4 * (1 + fabs(want)));
+        }
+    }
+    float *dx = zeros(n), *dw = zeros(C), *db = zeros(C);
+    if (layer)
+        OPS->layernorm_backward(dx, dw, db, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+    else
+        OPS->rmsnorm_backward(dx, dw, c.g, c.x, c.w, c.rstd, N, C);
+    fd_check(layer ? "layernorm dx" : "rmsnorm dx", c.x, n, dx, norm_loss, &c, maxn);
+    fd_check(layer ? "layernorm dw" : "rmsnorm dw", c.w, C, dw, norm_loss, &c, maxn);
+    if (layer) fd_check("layernorm db", c.b, C, db, norm_loss, &c, maxn);
+
+    /* accumulation and NULL outputs */
+    norm_loss(&c); /* restore saved stats */
+    float *bx = randn(&r, n, 1.0f), *bw = randn(&r, C, 1.0f), *bb = randn(&r, C, 1.0f);
+    float *ax = dup_f(bx, n), *aw = dup_f(bw, C), *ab = dup_f(bb, C);
+    if (layer) {
+        OPS->layernorm_backward(ax, NULL, NULL, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+        OPS->layernorm_backward(NULL, aw, NULL, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+        OPS->layernorm_backward(NULL, NULL, ab, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+    } else {
+        OPS->rmsnorm_backward(ax, NULL, c.g, c.x, c.w, c.rstd, N, C);
+        OPS->rmsnorm_backward(NULL, aw, c.g, c.x, c.w, c.rstd, N, C);
+    }
+    for (long i = 0; i < n; i++) assert_true(fabsf(ax[i] - (bx[i] + dx[i])) < 1e-4f);
+    for (int i = 0; i < C; i++) assert_true(fabsf(aw[i] - (bw[i] + dw[i])) < 1e-4f);
+    if (layer)
+        for (int i = 0; i < C; i++) assert_true(fabsf(ab[i] - (bb[i] + db[i])) < 1e-4f);
+    free(c.x), free(c.w), free(c.b), free(c.g), free(c.out), free(c.mean), free(c.rstd);
+    free(dx), free(dw), free(db), free(bx), free(bw), free(bb), free(ax), free(aw), free(ab);
+}
+static void test_rmsnorm(void **state) {
+    (void)state;
+    run_norm(0, 5, 8, 1000);
+    run_norm(0, 300, 130, 150); /* threaded rows and column blocks */
+}
+static void test_layernorm(void **state) {
+    (void)state;
+    run_norm(1, 5, 8, 1000);
+    run_norm(1, 300, 130, 150);
+}
+
+/* ---- RoPE --------------------------------------------------------------------------------- */
+
+typedef struct {
+    float *x, *g, *out, *cos, *sin;
+    int ld, B, T, H, hd, pos0;
+    lg_rope_style style;
+} rope_ctx;
+static double rope_loss(void *p) {
+    rope_ctx *c = p;
+    OPS->rope_forward(c->out, c->x, c->ld, c->B, c->T, c->H, c->hd, c->pos0, c->cos, c->sin,
+                      c->style);
+    /* only the (B,T,H*hd) columns are outputs; padding of out is never written */
+    double s = 0.0;
+    for (int bt = 0; bt < c->B * c->T; bt++)
+        s += dot_d(c->g + (long)bt * c->ld, c->out + (long)bt * c->ld, (long)c->H * c->hd);
+    return s;
+}
+
+static void test_rope_tables(void **state) {
+    (void)state;
+    float *cs, *sn;
+    int P = 50, hd = 8;
+    lg_rope_tables(P, hd, 10000.0f, &cs, &sn);
+    assert_true(fabs(cs[1 * 4 + 0] - cos(1.0)) < 1e-6); /* p=1, i=0: angle 1 */
+    for (int p = 0; p < P; p++)
+        for (int i = 0; i < hd / 2; i++) {
+            double a = p * pow(10000.0, -2.0 * i / hd);
+            assert_true(fabs(cs[p * 4 + i] - cos(a)) < 1e-6);
+            assert_true(fabs(sn[p * 4 + i] - sin(a)) < 1e-6);
+        }
+    free(cs), free(sn);
+}
+
+static void test_rope_grad(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 9);
+    int B = 2, T = 5, H = 3, hd = 8, ld = H * hd + 5, pos0 = 3;
+    long n = (long)B * T * ld;
+    float *cs, *sn;
+    lg_rope_tables(pos0 + T, hd, 10000.0f, &cs, &sn);
+    for (int st = 0; st < 2; st++) {
+        rope_ctx c = {randn(&r, n, 1.0f), randn(&r, n, 1.0f), zeros(n), cs, sn, ld, B, T, H, hd,
+                      pos0, (lg_rope_style)st};
+        float *dx = zeros(n);
+        OPS->rope_backward(dx, c.g, ld, B, T, H, hd, pos0, cs, sn, c.style);
+        for (int bt = 0; bt < B * T; bt++) /* padding columns are not touched */
+            for (int j = H * hd; j < ld; j++) assert_true(dx[(long)bt * ld + j] == 0.0f);
+        fd_check(st ? "rope interleaved" : "rope half", c.x, n, dx, rope_loss, &c, 1000);
+        /* accumulates */
+        float *base = randn(&r, n, 1.0f), *acc = dup_f(base, n);
+        OPS->rope_backward(acc, c.g, ld, B, T, H, hd, pos0, cs, sn, c.style);
+        for (long i = 0; i < n; i++) assert_true(fabsf(acc[i] - (base[i] + dx[i])) < 1e-5f);
+        free(c.x), free(c.g), free(c.out), free(dx), free(base), free(acc);
+    }
+    free(cs), free(sn);
+}
+
+/* Position 0 is the identity, rotations preserve each head's norm, in place == out of place,
+ * and pos0 shifts positions exactly. */
+static void test_rope_properties(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 10);
+    int B = 2, T = 6, H = 2, hd = 16, ld = H * hd;
+    long n = (long)B * T * ld;
+    float *cs, *sn;
+    lg_rope_tables(64, hd, 500000.0f, &cs, &sn);
+    for (int st = 0; st < 2; st++) {
+        lg_rope_style style = (lg_rope_style)st;
+        float *x = randn(&r, n, 1.0f), *y = zeros(n), *z = dup_f(x, n);
+        OPS->rope_forward(y, x, ld, B, 1, H, hd, 0, cs, sn, style); /* B rows at position 0 */
+        assert_memory_equal(y, x, (size_t)B * ld * sizeof(float));
+        OPS->rope_forward(y, x, ld, B, T, H, hd, 40, cs, sn, style);
+        for (int bt = 0; bt < B * T; bt++)
+            for (int h = 0; h < H; h++) {
+                const float *a = x + (long)bt * ld + h * hd, *b = y + (long)bt * ld + h * hd;
+                double na = sqrt(dot_d(a, a, hd)), nb = sqrt(dot_d(b, b, hd));
+                assert_true(fabs(na - nb) < 1e-5 * na);
+                assert_true(max_abs_diff(a, b, hd) > 1e-3); /* it did rotate something */
+            }
+        OPS->rope_forward(z, z, ld, B, T, H, hd, 40, cs, sn, style);
+        assert_memory_equal(z, y, (size_t)n * sizeof(float));
+        /* token t of a sequence at pos0 = 40 == a one-token sequence at pos0 = 40 + t */
+        for (int t = 0; t < T; t++) {
+            float one[32];
+            OPS->rope_forward(one, x + (long)t * ld, ld, 1, 1, H, hd, 40 + t, cs, sn, style);
+            assert_memory_equal(one, y + (long)t * ld, (size_t)ld * sizeof(float));
+        }
+        free(x), free(y), free(z);
+    }
+    free(cs), free(sn);
+}
+
+/* llama2.c (interleaved) vs Hugging Face (half) rope: with P mapping interleaved dims to half
+ * order (half[j] = inter[2j], half[j + hd/2] = inter[2j+1]), HALF(P x) == P INTERLEAVED(x).
+ * This is why converting llama2.c q/k weights permutes their rows by P. */
+static void test_rope_half_vs_interleaved(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 11);
+    int B = 1, T = 7, H = 3, hd = 8, ld = H * hd, half = hd / 2;
+    long n = (long)B * T * ld;
+    float *cs, *sn;
+    lg_rope_tables(T, hd, 10000.0f, &cs, &sn);
+    float *x = randn(&r, n, 1.0f), *px = zeros(n), *yi = zeros(n), *yh = zeros(n);
+    for (int bt = 0; bt < B * T; bt++)
+        for (int h = 0; h < H; h++) {
+            const float *src = x + (long)bt * ld + h * hd;
+            float *dst = px + (long)bt * ld + h * hd;
+            for (int j = 0; j < half; j++) {
+                dst[j] = src[2 * j];
+                dst[j + half] = src[2 * j + 1];
+            }
+        }
+    OPS->rope_forward(yi, x, ld, B, T, H, hd, 0, cs, sn, LG_ROPE_INTERLEAVED);
+    OPS->rope_forward(yh, px, ld, B, T, H, hd, 0, cs, sn, LG_ROPE_HALF);
+    for (int bt = 0; bt < B * T; bt++)
+        for (int h = 0; h < H; h++) {
+            const float *a = yi + (long)bt * ld + h * hd, *b = yh + (long)bt * ld + h * hd;
+            for (int j = 0; j < half; j++) {
+                assert_true(a[2 * j] == b[j]);
+                assert_true(a[2 * j + 1] == b[j + half]);
+            }
+        }
+    assert_true(max_abs_diff(yi, yh, n) > 1e-2); /* the two styles really differ */
+    free(x), free(px), free(yi), free(yh), free(cs), free(sn);
+}
+
+/* ---- attention --------------------------------------------------------------------------- */
+
+/* q, k, v either separate buffers with padded rows, or column slices of one fused
+ * (N x ld) buffer like GPT-2's c_attn output. Gradients use the same layout. */
+typedef struct {
+    int B, T, H, KV, hd, fused, pad;
+    int ldq, ldk, ldv;
+    long nq, nk, nv; /* float counts of each (possibly shared) buffer */
+    float *qbuf, *kbuf, *vbuf, *q, *k, *v;
+    float *g, *out, *probs;
+} att_ctx;
+
+static void att_setup(att_ctx *c, lg_rng *r, int B, int T, int H, int KV, int hd, int fused,
+                      int pad) {
+    memset(c, 0, sizeof *c);
+    c->B = B, c->T = T, c->H = H, c->KV = KV, c->hd = hd, c->fused = fused, c->pad = pad;
+    long N = (long)B * T;
+    if (fused) {
+        int ld = (H + 2 * KV) * hd + pad;
+        c->ldq = c->ldk = c->ldv = ld;
+        c->nq = N * ld;
+        c->qbuf = randn(r, c->nq, 1.0f);
+        c->q = c->qbuf, c->k = c->qbuf + H * hd, c->v = c->qbuf + (H + KV) * hd;
+    } else {
+        c->ldq = H * hd + pad, c->ldk = KV * hd + pad, c->ldv = KV * hd + pad;
+        c->nq = N * c->ldq, c->nk = N * c->ldk, c->nv = N * c->ldv;
+        c->q = c->qbuf = randn(r, c->nq, 1.0f);
+        c->k = c->kbuf = randn(r, c->nk, 1.0f);
+        c->v = c->vbuf = randn(r, c->nv, 1.0f);
+    }
+    c->g = randn(r, N * H * hd, 1.0f);
+    c->out = zeros(N * H * hd);
+    c->probs = zeros((long)B * H * T * T);
+}
+static void att_free(att_ctx *c) {
+    free(c->qbuf), free(c->kbuf), free(c->vbuf), free(c->g), free(c->out), free(c->probs);
+}
+static void att_forward(att_ctx *c) {
+    OPS->attention_forward(c->out, c->probs, c->q, c->ldq, c->k, c->ldk, c->v, c->ldv, c->B,
+                           c->T, c->H, c->KV, c->hd);
+}
+static double att_loss(void *p) {
+    att_ctx *c = p;
+    att_forward(c);
+    return dot_d(c->g, c->out, (long)c->B * c->T * c->H * c->hd);
+}
+/* Gradient buffers shaped like qbuf/kbuf/vbuf; dq/dk/dv point into them. */
+static void att_grads(att_ctx *c, float **gq, float **gk, float **gv, float **dq, float **dk,
+                      float **dv) {
+    *gq = zeros(c->nq);
+    *gk = c->fused ? NULL : zeros(c->nk);
+    *gv = c->fused ? NULL : zeros(c->nv);
+    *dq = *gq;
+    *dk = c->fused ? *gq + c->H * c->hd : *gk;
+    *dv = c->fused ? *gq + (c->H + c->KV) * c->hd : *gv;
+}
+
+/* Double-precision causal attention. */
+static void ref_attention(const att_ctx *c, double *out, double *probs) {
+    int B = c->B, T = c->T, H = c->H, hd = c->hd, group = c->H / c->KV;
+    double scale = 1.0 / sqrt((double)hd), *sc = lg_malloc((size_t)T * sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                const float *qr = c->q + ((long)b * T + t) * c->ldq + h * hd;
+                double mx = -INFINITY, sum = 0.0;
+                for (int s = 0; s <= t; s++) {
+                    const float *kr = c->k + ((long)b * T + s) * c->ldk + (h / group) * hd;
+                    double d = 0.0;
+                    for (int i = 0; i < hd; i++) d += (double)qr[i] * kr[i];
+                    sc[s] = d * scale;
+                    mx = fmax(mx, sc[s]);
+                }
+                for (int s = 0; s <= t; s++) sum += (sc[s] = exp(sc[s] - mx));
+                double *pr = probs + (((long)b * H + h) * T + t) * T;
+                for (int s = 0; s < T; s++) pr[s] = s <= t ? sc[s] / sum : 0.0;
+                double *o = out + ((long)b * T + t) * H * hd + h * hd;
+                for (int i = 0; i < hd; i++) {
+                    o[i] = 0.0;
+                    for (int s = 0; s <= t; s++)
+                        o[i] += pr[s] * c->v[((long)b * T + s) * c->ldv + (h / group) * hd + i];
+                }
+            }
+    free(sc);
+}
+
+static void check_att_forward(int B, int T, int H, int KV, int hd, int fused, int pad) {
+    lg_rng r;
+    lg_rng_seed(&r, 12);
+    att_ctx c;
+    att_setup(&c, &r, B, T, H, KV, hd, fused, pad);
+    long no = (long)B * T * H * hd, np = (long)B * H * T * T;
+    double *ro = lg_malloc((size_t)no * sizeof(double));
+    double *rp = lg_malloc((size_t)np * sizeof(double));
+    att_forward(&c);
+    ref_attention(&c, ro, rp);
+    for (long i = 0; i < no; i++) assert_true(fabs(c.out[i] - ro[i]) < 1e-5 * (1 + fabs(ro[i])));
+    for (long i = 0; i < np; i++) assert_true(fabs(c.probs[i] - rp[i]) < 1e-5);
+    for (int bh = 0; bh < B * H; bh++) /* rows sum to 1, upper triangle exactly 0 */
+        for (int t = 0; t < T; t++) {
+            const float *p = c.probs + ((long)bh * T + t) * T;
+            double s = 0.0;
+            for (int u = 0; u < T; u++) {
+                if (u > t) assert_true(p[u] == 0.0f);
+                s += p[u];
+            }
+            assert_true(fabs(s - 1.0) < 1e-5);
+        }
+    free(ro), free(rp);
+    att_free(&c);
+}
+static void test_attention_forward_vs_ref(void **state) {
+    (void)state;
+    check_att_forward(2, 5, 4, 4, 8, 0, 0); /* MHA, dense */
+    check_att_forward(2, 5, 4, 2, 8, 0, 3); /* GQA, padded rows */
+    check_att_forward(2, 5, 4, 4, 8, 1, 0); /* GPT-2 fused qkv */
+    check_att_forward(2, 5, 4, 2, 8, 1, 5); /* fused GQA + padding */
+    check_att_forward(2, 70, 4, 2, 8, 1, 2); /* several row blocks, threaded */
+    check_att_forward(1, 1, 2, 1, 4, 0, 0); /* a single token */
+}
+
+/* Changing a later token's k/v (or q) must not change earlier outputs. */
+static void test_attention_causal(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 13);
+    int B = 2, T = 70, H = 4, KV = 2, hd = 8;
+    att_ctx c;
+    att_setup(&c, &r, B, T, H, KV, hd, 0, 0);
+    long no = (long)B * T * H * hd;
+    att_forward(&c);
+    float *before = dup_f(c.out, no);
+    int tc = 40; /* change tokens tc..T-1 in every batch */
+    for (int b = 0; b < B; b++)
+        for (int t = tc; t < T; t++) {
+            for (int i = 0; i < c.ldk; i++) c.k[((long)b * T + t) * c.ldk + i] += 3.0f;
+            for (int i = 0; i < c.ldv; i++) c.v[((long)b * T + t) * c.ldv + i] -= 2.0f;
+            for (int i = 0; i < c.ldq; i++) c.q[((long)b * T + t) * c.ldq + i] *= -1.5f;
+        }
+    att_forward(&c);
+    for (int b = 0; b < B; b++) {
+        long row = (long)H * hd;
+        float *o0 = before + (long)b * T * row, *o1 = c.out + (long)b * T * row;
+        assert_true(max_abs_diff(o0, o1, tc * row) < 1e-6);
+        assert_true(max_abs_diff(o0 + tc * row, o1 + tc * row, (T - tc) * row) > 1e-2);
+    }
+    free(before);
+    att_free(&c);
+}
+
+static void check_att_grad(int B, int T, int H, int KV, int hd, int fused, int pad, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 14);
+    att_ctx c;
+    att_setup(&c, &r, B, T, H, KV, hd, fused, pad);
+    float *gq, *gk, *gv, *dq, *dk, *dv;
+    att_grads(&c, &gq, &gk, &gv, &dq, &dk, &dv);
+    att_forward(&c);
+    OPS->attention_backward(dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B, T,
+                            H, KV, hd);
+    if (fused) {
+        fd_check("attention dqkv (fused)", c.qbuf, c.nq, gq, att_loss, &c, maxn);
+    } else {
+        fd_check("attention dq", c.qbuf, c.nq, gq, att_loss, &c, maxn);
+        fd_check("attention dk", c.kbuf, c.nk, gk, att_loss, &c, maxn);
+        fd_check("attention dv", c.vbuf, c.nv, gv, att_loss, &c, maxn);
+    }
+    /* padding columns of the gradients are never written */
+    for (long row = 0; row < (long)B * T; row++)
+        for (int j = c.ldq - pad; j < c.ldq; j++) assert_true(gq[row * c.ldq + j] == 0.0f);
+    free(gq), free(gk), free(gv);
+    att_free(&c);
+}
+static void test_attention_grad_mha(void **state) {
+    (void)state;
+    check_att_grad(2, 5, 4, 4, 8, 0, 0, 1000);
+}
+static void test_attention_grad_gqa(void **state) {
+    (void)state;
+    check_att_grad(2, 5, 4, 2, 8, 0, 3, 1000);
+    check_att_grad(1, 4, 6, 1, 4, 0, 0, 1000); /* multi-query: one kv head */
+}
+static void test_attention_grad_fused(void **state) {
+    (void)state;
+    check_att_grad(2, 5, 4, 4, 8, 1, 0, 2000); /* GPT-2: ld = 3C */
+    check_att_grad(2, 5, 4, 2, 8, 1, 3, 2000); /* GQA slices of a padded buffer */
+}
+static void test_attention_grad_large(void **state) {
+    (void)state;
+    check_att_grad(2, 70, 4, 2, 8, 0, 0, 150); /* crosses a row block, threaded */
+    check_att_grad(2, 70, 4, 4, 8, 1, 0, 200);
+}
+
+/* Each gradient accumulates, and any subset may be requested. */
+static void test_attention_backward_accum_null(void **state) {
+    (void)state;
+    for (int KV = 2; KV <= 4; KV += 2) {
+        lg_rng r;
+        lg_rng_seed(&r, 15);
+        int B = 2, T = 6, H = 4, hd = 8;
+        att_ctx c;
+        att_setup(&c, &r, B, T, H, KV, hd, 0, 1);
+        att_forward(&c);
+        float *gq, *gk, *gv, *dq, *dk, *dv;
+        att_grads(&c, &gq, &gk, &gv, &dq, &dk, &dv);
+        OPS->attention_backward(dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B,
+                                T, H, KV, hd);
+        float *bq = randn(&r, c.nq, 1.0f), *bk = randn(&r, c.nk, 1.0f);
+        float *bv = randn(&r, c.nv, 1.0f);
+        float *aq = dup_f(bq, c.nq), *ak = dup_f(bk, c.nk), *av = dup_f(bv, c.nv);
+#define ATT_BWD(a, b, d)                                                                       \
+    OPS->attention_backward(a, b, d, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B, T, H,  \
+                            KV, hd)
+        ATT_BWD(aq, NULL, NULL);
+        ATT_BWD(NULL, ak, NULL);
+        ATT_BWD(NULL, NULL, av);
+        ATT_BWD(NULL, NULL, NULL);
+#undef ATT_BWD
+        for (long i = 0; i < c.nq; i++) assert_true(fabsf(aq[i] - (bq[i] + gq[i])) < 1e-5f);
+        for (long i = 0; i < c.nk; i++) assert_true(fabsf(ak[i] - (bk[i] + gk[i])) < 1e-5f);
+        for (long i = 0; i < c.nv; i++) assert_true(fabsf(av[i] - (bv[i] + gv[i])) < 1e-5f);
+        free(gq), free(gk), free(gv), free(bq), free(bk), free(bv), free(aq), free(ak), free(av);
+        att_free(&c);
+    }
+}
+
+/* ---- activations ------------------------------------------------------------------------- */
+
+typedef struct {
+    float *a, *b, *g, *out;
+    long n;
+    int gelu;
+} act_ctx;
+static double act_loss(void *p) {
+    act_ctx *c = p;
+    if (c->gelu)
+        OPS->gelu_forward(c->out, c->a, c->n);
+    else
+        OPS->swiglu_forward(c->out, c->a, c->b, c->n);
+    return dot_d(c->g, c->out, c->n);
+}
+
+static void run_act(int gelu, long n, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 16);
+    act_ctx c = {randn(&r, n, 2.5f), randn(&r, n, 1.0f), randn(&r, n, 1.0f), zeros(n), n, gelu};
+    act_loss(&c);
+    for (long i = 0; i < n; i++) {
+        double x = c.a[i], want;
+        if (gelu)
+            want = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+        else
+            want = x / (1 + exp(-x)) * c.b[i];
+        assert_true(fabs(c.out[i] - want) < 1e-5 * (1 + fabs(want)));
+    }
+    float *da = zeros(n), *db = zeros(n);
+    if (gelu) {
+        OPS->gelu_backward(da, c.g, c.a, n);
+        fd_check("gelu", c.a, n, da, act_loss, &c, maxn);
+    } else {
+        OPS->swiglu_backward(da, db, c.g, c.a, c.b, n);
+        fd_check("swiglu dgate", c.a, n, da, act_loss, &c, maxn);
+        fd_check("swiglu dup", c.b, n, db, act_loss, &c, maxn);
+    }
+    /* accumulation (and NULL outputs for swiglu) */
+    float *ba = randn(&r, n, 1.0f), *bb = randn(&r, n, 1.0f);
+    float *aa = dup_f(ba, n), *ab = dup_f(bb, n);
+    if (gelu) {
+        OPS->gelu_backward(aa, c.g, c.a, n);
+    } else {
+        OPS->swiglu_backward(aa, NULL, c.g, c.a, c.b, n);
+        OPS->swiglu_backward(NULL, ab, c.g, c.a, c.b, n);
+        for (long i = 0; i < n; i++) assert_true(fabsf(ab[i] - (bb[i] + db[i])) < 1e-5f);
+    }
+    for (long i = 0; i < n; i++) assert_true(fabsf(aa[i] - (ba[i] + da[i])) < 1e-5f);
+    free(c.a), free(c.b), free(c.g), free(c.out), free(da), free(db);
+    free(ba), free(bb), free(aa), free(ab);
+}
+static void test_swiglu(void **state) {
+    (void)state;
+    run_act(0, 50, 1000);
+    run_act(0, 40000, 200); /* threaded */
+    float g[4] = {-200.0f, -90.0f, 90.0f, 0.0f}, u[4] = {1, 1, 1, 1}, o[4];
+    OPS->swiglu_forward(o, g, u, 4); /* saturated sigmoid stays finite */
+    assert_true(all_finite(o, 4) && fabsf(o[0]) < 1e-30f && o[2] == 90.0f && o[3] == 0.0f);
+}
+static void test_gelu(void **state) {
+    (void)state;
+    run_act(1, 50, 1000);
+    run_act(1, 40000, 200);
+    float x[5] = {0.0f, 10.0f, -10.0f, 1.0f, 1e4f}, y[5];
+    memcpy(y, x, sizeof x);
+    OPS->gelu_forward(y, y, 5); /* in place */
+    assert_true(y[0] == 0.0f && fabsf(y[1] - 10.0f) < 1e-5f && fabsf(y[2]) < 1e-5f);
+    assert_true(fabsf(y[3] - 0.8411920f) < 1e-6f && y[4] == 1e4f);
+}
+
+/* ---- cross-entropy ----------------------------------------------------------------------- */
+
+typedef struct {
+    float *logits, *scratch, *w;
+    int *tg;
+    int N, V;
+    float dscale;
+} ce_ctx;
+static double ce_loss(void *p) {
+    ce_ctx *c = p;
+    memcpy(c->scratch, c->logits, (size_t)c->N * c->V * sizeof(float));
+    return c->dscale * OPS->cross_entropy(c->scratch, c->tg, c->w, c->N, c->V, c->dscale, 0);
+}
+
+static void run_ce(int N, int V, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 17);
+    long n = (long)N * V;
+    ce_ctx c = {randn(&r, n, 3.0f), zeros(n), zeros(N), lg_malloc((size_t)N * sizeof(int)), N, V,
+                0.37f};
+    for (int i = 0; i < N; i++) {
+        c.w[i] = i % 3 == 1 ? 0.0f : 0.5f + (float)(i % 4); /* some rows not predicted */
+        c.tg[i] = c.w[i] == 0.0f ? -12345 : (int)(lg_rng_u64(&r) % (uint64_t)V); /* not read */
+    }
+    /* value against a naive double implementation */
+    double want = 0.0;
+    for (int i = 0; i < N; i++) {
+        if (c.w[i] == 0.0f) continue;
+        double s = 0.0;
+        for (int j = 0; j < V; j++) s += exp((double)c.logits[(long)i * V + j]);
+        want += c.w[i] * (log(s) - c.logits[(long)i * V + c.tg[i]]);
+    }
+    memcpy(c.scratch, c.logits, (size_t)n * sizeof(float));
+    double got = OPS->cross_entropy(c.scratch, c.tg, c.w, N, V, c.dscale, 0);
+    assert_true(fabs(got - want) < 1e-5 * fabs(want));
+    float *grad = dup_f(c.logits, n);
+    double got2 = OPS->cross_entropy(grad, c.tg, c.w, N, V, c.dscale, 1);
+    assert_true(got2 == got); /* want_grad does not change the value */
+    /* the loss does not depend on the thread count (no OpenMP reduction order) */
+    int nthr = omp_get_max_threads();
+    for (int t = 1; t <= 5; t += 2) {
+        omp_set_num_threads(t);
+        memcpy(c.scratch, c.logits, (size_t)n * sizeof(float));
+        assert_true(OPS->cross_entropy(c.scratch, c.tg, c.w, N, V, c.dscale, 0) == got);
+    }
+    omp_set_num_threads(nthr);
+    for (int i = 0; i < N; i++)
+        if (c.w[i] == 0.0f)
+            for (int j = 0; j < V; j++) assert_true(grad[(long)i * V + j] == 0.0f);
+    fd_check("cross_entropy", c.logits, n, grad, ce_loss, &c, maxn);
+    free(c.logits), free(c.scratch), free(c.w), free(c.tg), free(grad);
+}
+static void test_cross_entropy(void **state) {
+    (void)state;
+    run_ce(7, 11, 1000);
+    run_ce(64, 1000, 200); /* threaded rows */
+}
+
+/* Logits of +-1e4: finite loss and gradient, exact known values. */
+static void test_cross_entropy_huge_logits(void **state) {
+    (void)state;
+    int N = 3, V = 4;
+    float l[12] = {1e4f, -1e4f, -1e4f, -1e4f,  /* target 0: nll 0 */
+                   1e4f, -1e4f, -1e4f, -1e4f,  /* target 1: nll 2e4 */
+                   1e4f, 1e4f, -1e4f, -1e4f}; /* target 1: nll log 2 */
+    int tg[3] = {0, 1, 1};
+    float w[3] = {1, 1, 1};
+    double loss = OPS->cross_entropy(l, tg, w, N, V, 1.0f, 1);
+    assert_true(isfinite(loss));
+    assert_true(fabs(loss - (2e4 + log(2.0))) < 1e-3);
+    assert_true(all_finite(l, N * V));
+    float want[12] = {0, 0, 0, 0, 1, -1, 0, 0, 0.5f, -0.5f, 0, 0};
+    assert_true(max_abs_diff(l, want, N * V) < 1e-6);
+}
+
+static void test_axpy(void **state) {
+    (void)state;
+    lg_rng r;
+    lg_rng_seed(&r, 18);
+    long ns[2] = {5, 50000};
+    for (int k = 0; k < 2; k++) {
+        long n = ns[k];
+        float *x = randn(&r, n, 1.0f), *y = randn(&r, n, 1.0f), *y0 = dup_f(y, n);
+        OPS->axpy(n, -0.25f, x, y);
+        for (long i = 0; i < n; i++) assert_true(fabsf(y[i] - (y0[i] - 0.25f * x[i])) < 1e-6f);
+        free(x), free(y), free(y0);
+    }
+}
+
+static void test_table(void **state) {
+    (void)state;
+    const lg_ops *o = lg_ops_cpu();
+    assert_non_null(o->name);
+    assert_true(o->gemm && o->linear_forward && o->linear_backward && o->embedding_forward &&
+                o->embedding_backward && o->posemb_forward && o->posemb_backward &&
+                o->rmsnorm_forward && o->rmsnorm_backward && o->layernorm_forward &&
+                o->layernorm_backward && o->rope_forward && o->rope_backward &&
+                o->attention_forward && o->attention_backward && o->swiglu_forward &&
+                o->swiglu_backward && o->gelu_forward && o->gelu_backward && o->cross_entropy &&
+                o->axpy);
+}
+
+int main(void) {
+    OPS = lg_ops_cpu();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_gemm_vs_naive),
+        cmocka_unit_test(test_linear_forward_vs_naive),
+        cmocka_unit_test(test_linear_grad),
+        cmocka_unit_test(test_linear_backward_accum_null),
+        cmocka_unit_test(test_embedding),
+        cmocka_unit_test(test_posemb),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_rope_tables),
+        cmocka_unit_test(test_rope_grad),
+        cmocka_unit_test(test_rope_properties),
+        cmocka_unit_test(test_rope_half_vs_interleaved),
+        cmocka_unit_test(test_attention_forward_vs_ref),
+        cmocka_unit_test(test_attention_causal),
+        cmocka_unit_test(test_attention_grad_mha),
+        cmocka_unit_test(test_attention_grad_gqa),
+        cmocka_unit_test(test_attention_grad_fused),
+        cmocka_unit_test(test_attention_grad_large),
+        cmocka_unit_test(test_attention_backward_accum_null),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_gelu),
+        cmocka_unit_test(test_cross_entropy),
+        cmocka_unit_test(test_cross_entropy_huge_logits),
+        cmocka_unit_test(test_axpy),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
