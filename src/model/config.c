@@ -110,6 +110,10 @@ int lg_config_load(const char *path_in, lg_config *c) {
         c->head_dim = c->n_heads > 0 ? c->dim / c->n_heads : 0;
         c->qkv_bias = c->o_bias = c->mlp_bias = 1;
         c->tied_embeddings = 1;
+        if (get_bool(j, "scale_attn_by_inverse_layer_idx", 0)) {
+            lg_errorf("%s: scale_attn_by_inverse_layer_idx is not supported", path);
+            goto done;
+        }
         const char *act = get_str(j, "activation_function");
         if (act && strcmp(act, "gelu_new") && strcmp(act, "gelu_pytorch_tanh")) {
             lg_errorf("%s: activation_function \"%s\" not supported (gelu_new only)", path, act);
@@ -141,11 +145,35 @@ int lg_config_load(const char *path_in, lg_config *c) {
             lg_errorf("%s: hidden_act \"%s\" not supported (silu only)", path, act);
             goto done;
         }
-        const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
-        if (rs && !cJSON_IsNull(rs)) {
-            lg_errorf("%s: rope_scaling is not supported yet", path);
-            goto done;
+        /* transformers >= 5 writes rope_parameters {rope_theta, rope_type} instead of rope_theta;
+         * older files may carry rope_scaling. Only plain RoPE is implemented. */
+        const char *rope_keys[] = {"rope_parameters", "rope_scaling"};
+        for (int k = 0; k < 2; k++) {
+            const cJSON *rp = cJSON_GetObjectItemCaseSensitive(j, rope_keys[k]);
+            if (!rp || cJSON_IsNull(rp)) continue;
+            if (!cJSON_IsObject(rp)) {
+                lg_errorf("%s: \"%s\" must be an object", path, rope_keys[k]);
+                goto done;
+            }
+            const char *rt = get_str(rp, "rope_type");
+            if (!rt) rt = get_str(rp, "type");
+            if (rt && strcmp(rt, "default")) {
+                lg_errorf("%s: %s.rope_type \"%s\" is not supported (default only)", path, rope_keys[k], rt);
+                goto done;
+            }
+            if (!rt && k == 1) {
+                lg_errorf("%s: rope_scaling is not supported", path);
+                goto done;
+            }
+            if (!cJSON_GetObjectItemCaseSensitive(j, "rope_theta") &&
+                get_float(rp, "rope_theta", c->rope_theta, &c->rope_theta, path))
+                goto done;
         }
+        /* Sliding-window attention is not implemented: record the window and refuse longer
+         * sequences (shorter ones are unaffected by it). */
+        const cJSON *sw = cJSON_GetObjectItemCaseSensitive(j, "sliding_window");
+        int sw_on = !qwen || get_bool(j, "use_sliding_window", 0);
+        if (sw_on && cJSON_IsNumber(sw) && sw->valuedouble > 0) c->sliding_window = (int)sw->valuedouble;
     } else {
         lg_errorf("%s: model_type \"%s\" not supported (llama, mistral, qwen2, gpt2)", path, mt);
         goto done;

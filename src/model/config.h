@@ -23,6 +23,7 @@ typedef struct {
     int qkv_bias;          /* Qwen2 (q/k/v), GPT-2 (all projections) */
     int o_bias, mlp_bias;
     int tied_embeddings;
+    int sliding_window;    /* 0 = none; sequences longer than this are refused (not implemented) */
     int bos_id, eos_id;    /* -1 when unknown */
     char torch_dtype[16];  /* "float32", "bfloat16", "float16": dtype to write back */
 } lg_config;

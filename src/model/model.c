@@ -56,6 +56,7 @@ struct lg_model {
     /* activation plan */
     int B, T, training;
     float *act_mem;
+    int64_t act_cap; /* floats in act_mem */
     layer_acts *acts;
     float *x_final, *xnf, *meanf, *rstdf, *logits;
     float *tmp;                     /* (N, C) */
@@ -281,8 +282,9 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     const lg_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return lg_errorf("batch shape %d x %d is invalid", B, T);
     if (T > c->max_seq) return lg_errorf("sequence length %d exceeds the model's maximum %d", T, c->max_seq);
-    lg_aligned_free(m->act_mem);
-    free(m->acts);
+    if (c->sliding_window > 0 && T > c->sliding_window)
+        return lg_errorf("sequence length %d exceeds the model's sliding_window %d (sliding-window attention "
+                         "is not implemented; use shorter sequences)", T, c->sliding_window);
     int64_t N = (int64_t)B * T, C = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
     int64_t H = c->n_heads, qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
     int gpt2 = c->arch == LG_ARCH_GPT2;
@@ -296,8 +298,12 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(N * V);
     int64_t grads = training ? R(N * C) * 3 + R(N * wide) * 6 + R(N * F) * 3 : 0;
     int64_t total = layers_total + rest + grads;
-    m->act_mem = lg_aligned_alloc((size_t)total * sizeof(float));
-    m->acts = lg_calloc((size_t)L, sizeof(layer_acts));
+    if (total > m->act_cap) { /* grow only: re-slicing a big enough arena allocates nothing */
+        lg_aligned_free(m->act_mem);
+        m->act_mem = lg_aligned_alloc((size_t)total * sizeof(float));
+        m->act_cap = total;
+    }
+    if (!m->acts) m->acts = lg_calloc((size_t)L, sizeof(layer_acts));
     float *p = m->act_mem;
 #define TAKE(n) (p += R(n), p - R(n))
     for (int64_t l = 0; l < L; l++) {
@@ -401,7 +407,10 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     const lg_ops *ops = m->ops;
     int B = b->B, T = b->T, N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     int qd = H * hd, gpt2 = c->arch == LG_ARCH_GPT2;
-    if (!m->act_mem || B != m->B || T != m->T) lg_model_plan(m, B, T, m->act_mem ? m->training : 0);
+    if ((!m->act_mem || B != m->B || T != m->T) && lg_model_plan(m, B, T, m->act_mem ? m->training : 0) != 0) {
+        if (wsum_out) *wsum_out = 0;
+        return NAN; /* the message is in lg_last_error() */
+    }
 
     float *x = m->acts[0].x;
     ops->embedding_forward(x, b->inputs, m->wte->data, N, C);
