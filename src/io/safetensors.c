@@ -653,3 +653,96 @@ int lg_st_write(const char *path, const lg_st_item *items, int n, const lg_st_me
     free(nbytes);
     return rc;
 }
+
+/* ---- streaming writer ----------------------------------------------------------- */
+
+struct lg_st_writer {
+    char *path, *tmp;
+    FILE *f;
+    lg_st_item *items;
+    uint64_t *nbytes;
+    int n, next;
+};
+
+int lg_st_writer_begin(const char *path, const lg_st_item *items, int n, const lg_st_meta *meta, int nmeta,
+                       lg_st_writer **out) {
+    *out = NULL;
+    if (!path || !*path) return lg_errorf("safetensors: empty output path");
+    lg_st_writer *w = lg_calloc(1, sizeof *w);
+    w->n = n;
+    w->items = lg_calloc((size_t)(n > 0 ? n : 1), sizeof *w->items);
+    static const float dummy = 0;
+    for (int i = 0; i < n; i++) {
+        w->items[i] = items[i];
+        w->items[i].data = &dummy; /* data arrives later through put */
+    }
+    w->nbytes = lg_calloc((size_t)(n > 0 ? n : 1), sizeof(uint64_t));
+    w->path = lg_strdup(path);
+    size_t tl = strlen(path) + 32;
+    w->tmp = lg_malloc(tl);
+    snprintf(w->tmp, tl, "%s.tmp.%d", path, (int)getpid());
+    size_t hlen = 0;
+    char *hdr = NULL;
+    if (check_items(path, w->items, n, meta, nmeta, w->nbytes) != 0) goto fail;
+    if (!(hdr = build_header(w->items, n, meta, nmeta, w->nbytes, &hlen))) {
+        lg_errorf("%s: cannot build the header (out of memory)", path);
+        goto fail;
+    }
+    if (!(w->f = fopen(w->tmp, "wb"))) {
+        lg_errorf("%s: cannot create: %s", w->tmp, strerror(errno));
+        goto fail;
+    }
+    uint8_t lenb[8];
+    for (int i = 0; i < 8; i++) lenb[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+    if (fwrite(lenb, 1, 8, w->f) != 8 || fwrite(hdr, 1, hlen, w->f) != hlen) {
+        lg_errorf("%s: write failed: %s", w->tmp, strerror(errno));
+        goto fail;
+    }
+    free(hdr);
+    *out = w;
+    return 0;
+fail:
+    free(hdr);
+    lg_st_writer_abort(w);
+    return -1;
+}
+
+int lg_st_writer_put(lg_st_writer *w, const float *data) {
+    if (w->next >= w->n) return lg_errorf("%s: more tensors than announced", w->path);
+    lg_st_item it = w->items[w->next];
+    it.data = data;
+    if (write_item(w->f, &it, w->nbytes[w->next]) != 0)
+        return lg_errorf("%s: write failed: %s", w->tmp, strerror(errno));
+    w->next++;
+    return 0;
+}
+
+static void writer_free(lg_st_writer *w) {
+    free(w->items);
+    free(w->nbytes);
+    free(w->path);
+    free(w->tmp);
+    free(w);
+}
+
+int lg_st_writer_commit(lg_st_writer *w) {
+    int rc = 0;
+    if (w->next != w->n) rc = lg_errorf("%s: %d of %d tensors written", w->path, w->next, w->n);
+    int bad = fflush(w->f) != 0;
+    bad |= fsync(fileno(w->f)) != 0;
+    bad |= fclose(w->f) != 0;
+    w->f = NULL;
+    if (!rc && bad) rc = lg_errorf("%s: write failed (disk full?)", w->tmp);
+    if (!rc && rename(w->tmp, w->path) != 0)
+        rc = lg_errorf("%s: cannot rename %s into place: %s", w->path, w->tmp, strerror(errno));
+    if (rc) unlink(w->tmp);
+    writer_free(w);
+    return rc;
+}
+
+void lg_st_writer_abort(lg_st_writer *w) {
+    if (!w) return;
+    if (w->f) fclose(w->f);
+    unlink(w->tmp);
+    writer_free(w);
+}

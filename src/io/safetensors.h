@@ -62,3 +62,14 @@ typedef struct {
 int lg_st_write(const char *path, const lg_st_item *items, int n, const lg_st_meta *meta, int nmeta);
 
 #endif
+
+/* Streaming writer for files too big to hold at once (LoRA-GA's gradient cache): the header is
+ * written from the items' names, dtypes and shapes (data ignored) at begin; then each tensor's
+ * float32 data is appended in item order with put; commit renames the finished file into place,
+ * abort removes it. */
+typedef struct lg_st_writer lg_st_writer;
+int lg_st_writer_begin(const char *path, const lg_st_item *items, int n, const lg_st_meta *meta, int nmeta,
+                       lg_st_writer **out);
+int lg_st_writer_put(lg_st_writer *w, const float *data); /* the next tensor, in item order */
+int lg_st_writer_commit(lg_st_writer *w);
+void lg_st_writer_abort(lg_st_writer *w);

@@ -87,6 +87,8 @@ static void set_linear(lg_linear *l, const char *module, lg_param *w, lg_param *
     l->out = (int)w->shape[0];
     l->in = (int)w->shape[1];
     l->adapter = NULL;
+    l->grad_hook = NULL;
+    l->grad_hook_ud = NULL;
 }
 
 /* Declares every tensor of the architecture with its HF name; data pointers are set later. */
@@ -379,8 +381,11 @@ static void linear_fwd(lg_model *m, lg_linear *l, float *y, const float *x, int 
 
 /* dx += dy W (+ adapter path);  dW, db only when the base weight is trainable. */
 static void linear_bwd(lg_model *m, lg_linear *l, float *dx, const float *dy, const float *x, int N) {
-    m->ops->linear_backward(dx, l->w->grad, l->b ? l->b->grad : NULL, dy, x, l->w->data, N, l->in, l->out);
-    if (l->adapter) lg_adapter_backward(l->adapter, l, dx, dy, x, N);
+    const float *dyb = l->adapter ? lg_adapter_backward(l->adapter, l, dx, dy, x, N) : dy;
+    float *db = l->b ? l->b->grad : NULL;
+    m->ops->linear_backward(dx, l->w->grad, dyb == dy ? db : NULL, dyb, x, l->w->data, N, l->in, l->out);
+    if (dyb != dy && db) m->ops->linear_backward(NULL, NULL, db, dy, x, l->w->data, N, l->in, l->out);
+    if (l->grad_hook) l->grad_hook(l, dyb, x, N, l->grad_hook_ud);
 }
 
 static void norm_fwd(lg_model *m, float *out, float *mean, float *rstd, const float *x, lg_param *w, lg_param *b,

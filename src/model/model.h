@@ -31,6 +31,11 @@ typedef struct lg_linear {
     int in, out;
     lg_param *w, *b; /* b NULL when the layer has no bias */
     struct lg_adapter *adapter; /* LoRA family; NULL when none */
+    /* Optional observer of the backward pass: called with the gradient at the base GEMM's
+     * output (dy, N x out) and its input (x, N x in). LoRA-GA accumulates its estimate of
+     * dL/dW = dy^T x (or sketches of it) here, so the model itself allocates no dW. */
+    void (*grad_hook)(struct lg_linear *l, const float *dy, const float *x, int N, void *ud);
+    void *grad_hook_ud;
 } lg_linear;
 
 typedef struct {

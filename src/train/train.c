@@ -96,6 +96,7 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
             loss_sum += l;
         }
         float loss = (float)(loss_sum / o->grad_accum);
+        if (o->after_backward && o->after_backward(step, o->after_backward_ud) != 0) goto fail;
         double gn = lg_grad_norm(t, n);
         if (!isfinite(gn)) {
             lg_errorf("step %ld: gradient norm is non-finite; stopping before the update", step + 1);

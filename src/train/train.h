@@ -51,7 +51,8 @@ typedef struct {
     double tokens_per_s, elapsed;
 } lg_progress;
 
-/* Fills batch number `index` (0, 1, 2, ... across epochs) of split 0 (train) or 1 (validation).
+/* Fills batch number `index` (0, 1, 2, ... across epochs) of a split: 0 train (shuffled per epoch),
+ * 1 validation, 2 train in file order (LoRA-GA estimation) -- the LG_SPLIT_* values of data.h.
  * Returns 0, or -1 with a message. */
 typedef int (*lg_batch_fn)(void *ud, int split, long index, lg_batch *b);
 
@@ -66,6 +67,10 @@ typedef struct {
     const char *metrics_path; /* metrics.jsonl (NULL: none) */
     void (*on_progress)(const lg_progress *p, void *ud);
     void *progress_ud;
+    /* Called after the gradients of an update are complete, before clipping and the optimizer
+     * step (AdaLoRA's regulariser and rank allocation). Non-zero return stops training. */
+    int (*after_backward)(long step, void *ud);
+    void *after_backward_ud;
 } lg_train_opts;
 
 void lg_train_opts_default(lg_train_opts *o);

@@ -1,0 +1,309 @@
+/* cmd_train.c — `loraga train`: full fine-tuning, the LoRA family and LoRA-GA on JSONL / text. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "adapters/lora.h"
+#include "cli.h"
+#include "core/util.h"
+#include "data/data.h"
+#include "loraga/loraga.h"
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+#include "train/train.h"
+
+static const char *USAGE =
+    "usage: loraga train --model DIR --data ROWS.jsonl --method METHOD --out RUNDIR [options]\n"
+    "METHOD: full | lora | rslora | loraplus | dora | pissa | adalora | lora-ga\n"
+    "RUNDIR receives the result (full: a Hugging Face model directory; the others: a PEFT adapter,\n"
+    "relative to the ORIGINAL base model), metrics.jsonl and loss.svg.\n"
+    "lora-ga is the paper's recipe: gradient-aligned init (ArB2r, stable scale, gamma 16) with rsLoRA\n"
+    "scaling on all linear layers, r 8, alpha 16, estimated on the first 64 x 2 rows in file order.";
+
+typedef struct {
+    lg_dataset *d;
+    int B;       /* training batch */
+    int ga_B;    /* LoRA-GA estimation batch */
+    int n_train; /* rows in the train split (file-order wrap-around) */
+} batch_src;
+
+static int next_batch(void *ud, int split, long index, lg_batch *b) {
+    batch_src *s = ud;
+    long first;
+    if (split == LG_SPLIT_TRAIN_FILE) /* estimation: the first N x B rows, wrapping if fewer */
+        first = s->n_train ? (index * s->ga_B) % s->n_train : 0;
+    else
+        first = index * s->B;
+    return lg_dataset_fill_batch(s->d, split, first, b) < 0 ? -1 : 0;
+}
+
+static int want_none(const lg_param *p, void *ud) {
+    (void)p, (void)ud;
+    return 0;
+}
+
+static int adalora_hook(long step, void *ud) {
+    lg_adalora_step(ud, step);
+    return 0;
+}
+
+static void ga_progress(const char *phase, long done, long total, void *ud) {
+    (void)ud;
+    int tty = isatty(2);
+    if (tty) {
+        fprintf(stderr, "\rLoRA-GA %s %ld/%ld", phase, done, total);
+        if (done == total) fprintf(stderr, "\n");
+    } else if (done == total || done % LG_MAX(1, total / 8) == 0) {
+        fprintf(stderr, "LoRA-GA %s %ld/%ld\n", phase, done, total);
+    }
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *model = NULL, *data = NULL, *method = "lora", *out = NULL, *tokp = NULL, *sched = "constant",
+               *dtype = NULL, *targets = NULL, *init = NULL;
+    const char *ga_mode = "all", *ga_dir = "ArB2r", *ga_scale = "stable", *ga_variant = "paper", *ga_cache = NULL;
+    int seed = 42, pack = 0, skip_bad = 0, rank = 8, use_rslora = 0, use_dora = 0, save_init = 0;
+    float val_frac = 0.0f, alpha = 16.0f, dropout = 0.0f, loraplus = 16.0f, ga_gamma = 16.0f;
+    int ga_batches = 64, ga_bs = 2, ga_k = 0, target_r = 4, tinit = -1, tfinal = -1, delta_t = 1;
+    float orth_reg = 0.5f;
+    size_t ga_mem = (size_t)1 << 30;
+    lg_train_opts o;
+    lg_train_opts_default(&o);
+    int steps = (int)o.steps, warmup = 0;
+    lg_opt opts[] = {
+        {"--model", LG_OPT_STR, &model, "Hugging Face model directory (or llama2.c .bin with --tokenizer)"},
+        {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
+        {"--data", LG_OPT_STR, &data, "training data: JSONL rows or .txt"},
+        {"--method", LG_OPT_STR, &method, "full|lora|rslora|loraplus|dora|pissa|adalora|lora-ga (default lora)"},
+        {"--out", LG_OPT_STR, &out, "run directory (must not exist, or be empty)"},
+        {"--steps", LG_OPT_INT, &steps, "optimizer updates (default 100)"},
+        {"--batch-size", LG_OPT_INT, &o.batch_size, "sequences per micro-batch (default 4)"},
+        {"--seq-len", LG_OPT_INT, &o.seq_len, "tokens per sequence; longer rows are truncated (default 128)"},
+        {"--grad-accum", LG_OPT_INT, &o.grad_accum, "micro-batches per update (default 1)"},
+        {"--lr", LG_OPT_FLOAT, &o.lr, "peak learning rate (default 1e-4)"},
+        {"--schedule", LG_OPT_STR, &sched, "constant, linear or cosine (default constant)"},
+        {"--warmup", LG_OPT_INT, &warmup, "linear warmup updates (default 0)"},
+        {"--weight-decay", LG_OPT_FLOAT, &o.weight_decay, "AdamW decoupled weight decay (default 0)"},
+        {"--clip", LG_OPT_FLOAT, &o.clip, "global gradient-norm clip, 0 = off (default 1.0)"},
+        {"--seed", LG_OPT_INT, &seed, "seed for shuffling, initialisation, dropout (default 42)"},
+        {"--val-frac", LG_OPT_FLOAT, &val_frac, "fraction of rows held out for validation (default 0)"},
+        {"--eval-every", LG_OPT_INT, &o.eval_every, "validate every N updates (default: at the end)"},
+        {"--val-batches", LG_OPT_INT, &o.val_batches, "validation batches per evaluation (default: all)"},
+        {"--pack", LG_OPT_FLAG, &pack, "pack rows into full sequences instead of padding"},
+        {"--skip-bad", LG_OPT_FLAG, &skip_bad, "skip malformed rows (counted) instead of stopping"},
+        {"--dtype", LG_OPT_STR, &dtype, "full: dtype of the saved model (default: the input's)"},
+        /* adapters */
+        {"--rank", LG_OPT_INT, &rank, "adapter rank r (default 8; AdaLoRA: the initial rank)"},
+        {"--alpha", LG_OPT_FLOAT, &alpha, "adapter alpha (default 16)"},
+        {"--dropout", LG_OPT_FLOAT, &dropout, "adapter dropout (default 0)"},
+        {"--targets", LG_OPT_STR, &targets,
+         "target modules, comma-separated or all-linear (default q,k,v,o,gate,up,down_proj; GPT-2 c_attn,c_proj,c_fc;"
+         " lora-ga: all-linear)"},
+        {"--init", LG_OPT_STR, &init, "LoRA init: kaiming (PEFT default) or gaussian"},
+        {"--rslora", LG_OPT_FLAG, &use_rslora, "scale alpha/sqrt(r) instead of alpha/r"},
+        {"--dora", LG_OPT_FLAG, &use_dora, "weight-decomposed adapters (DoRA); composes with lora-ga"},
+        {"--loraplus-ratio", LG_OPT_FLOAT, &loraplus, "LoRA+: lr of B = ratio x lr of A (default 16; method loraplus)"},
+        {"--target-r", LG_OPT_INT, &target_r, "AdaLoRA: average rank kept at the end (default 4)"},
+        {"--tinit", LG_OPT_INT, &tinit, "AdaLoRA: steps before pruning starts (default 10% of steps)"},
+        {"--tfinal", LG_OPT_INT, &tfinal, "AdaLoRA: final steps at the target budget (default 20% of steps)"},
+        {"--delta-t", LG_OPT_INT, &delta_t, "AdaLoRA: steps between rank reallocations (default 1)"},
+        {"--orth-reg", LG_OPT_FLOAT, &orth_reg, "AdaLoRA: orthogonality regulariser weight (default 0.5)"},
+        /* LoRA-GA */
+        {"--ga-batches", LG_OPT_INT, &ga_batches, "LoRA-GA: estimation batches N (default 64)"},
+        {"--ga-batch-size", LG_OPT_INT, &ga_bs, "LoRA-GA: sequences per estimation batch (default 2)"},
+        {"--ga-mode", LG_OPT_STR, &ga_mode, "LoRA-GA memory mode: all | serial | sketch (default all)"},
+        {"--ga-mem", LG_OPT_SIZE, &ga_mem, "LoRA-GA serial: gradient bytes held at once (default 1G)"},
+        {"--ga-sketch-k", LG_OPT_INT, &ga_k, "LoRA-GA sketch width k (default 8r)"},
+        {"--ga-direction", LG_OPT_STR, &ga_dir, "ArB2r (default) | A2rBr | ArBr | random"},
+        {"--ga-scale", LG_OPT_STR, &ga_scale, "stable (default) | unit | gd | weight_svd"},
+        {"--ga-gamma", LG_OPT_FLOAT, &ga_gamma, "LoRA-GA stable scale gamma (default 16)"},
+        {"--ga-variant", LG_OPT_STR, &ga_variant, "paper (default) | peft (B0 scaled by singular values, as PEFT)"},
+        {"--ga-cache", LG_OPT_STR, &ga_cache, "LoRA-GA gradient cache file (reused when it matches)"},
+        {"--save-init", LG_OPT_FLAG, &save_init, "also write RUNDIR/init_lora_checkpoint/ (the adapter as initialised)"},
+    };
+    int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
+    if (pr) return pr > 0 ? 0 : 2;
+    if (!model || !data || !out) {
+        fprintf(stderr, "loraga train: --model, --data and --out are required (see --help)\n");
+        return 2;
+    }
+    o.steps = steps;
+    o.warmup = warmup;
+    if (lg_sched_parse(sched, &o.sched) != 0) return lg_cli_fail();
+    static const char *methods[] = {"full", "lora", "rslora", "loraplus", "dora", "pissa", "adalora", "lora-ga"};
+    int mi = -1;
+    for (int i = 0; i < 8; i++)
+        if (!strcmp(method, methods[i])) mi = i;
+    if (mi < 0) {
+        lg_errorf("--method %s: expected one of full, lora, rslora, loraplus, dora, pissa, adalora, lora-ga", method);
+        return lg_cli_fail();
+    }
+    int full = mi == 0, is_ga = mi == 7;
+    if (val_frac < 0 || val_frac >= 1) {
+        lg_errorf("--val-frac must be in [0, 1)");
+        return lg_cli_fail();
+    }
+    if (!full && (rank < 1 || !(alpha > 0) || dropout < 0 || dropout >= 1)) {
+        lg_errorf("--rank must be >= 1, --alpha > 0 and --dropout in [0, 1)");
+        return lg_cli_fail();
+    }
+    lg_ga_opts go;
+    lg_ga_opts_default(&go);
+    if (is_ga && (lg_ga_parse_mode(ga_mode, &go.mode) || lg_ga_parse_direction(ga_dir, &go.direction) ||
+                  lg_ga_parse_scale(ga_scale, &go.scale) || lg_ga_parse_variant(ga_variant, &go.variant))) {
+        lg_errorf_prefix("LoRA-GA option");
+        return lg_cli_fail();
+    }
+
+    lg_model *m = NULL;
+    lg_tokenizer *t = NULL;
+    lg_dataset *d = NULL;
+    lg_adapters *ad = NULL;
+    lg_opt_tensor *ot = NULL;
+    char *tmp = NULL, *metrics = NULL;
+    int rc = 1, nt = 0;
+    if (lg_model_load(model, &m) != 0) goto done;
+    const lg_config *c = lg_model_config(m);
+    if (o.seq_len > c->max_seq) {
+        lg_errorf("--seq-len %d exceeds the model's maximum length %d", o.seq_len, c->max_seq);
+        goto done;
+    }
+    if (lg_tokenizer_load(tokp ? tokp : model, &t) != 0) goto done;
+    if (lg_tokenizer_vocab_size(t) > c->vocab_size) {
+        lg_errorf("tokenizer has %d tokens but the model's vocab_size is %d", lg_tokenizer_vocab_size(t),
+                  c->vocab_size);
+        goto done;
+    }
+    lg_data_opts dopt = {0};
+    dopt.max_len = o.seq_len;
+    dopt.pack = pack;
+    dopt.add_bos = 1;
+    dopt.skip_bad = skip_bad;
+    dopt.val_frac = val_frac;
+    dopt.seed = (uint64_t)seed;
+    if (lg_dataset_load(data, t, &dopt, &d) != 0) goto done;
+    lg_data_stats st;
+    lg_dataset_stats(d, &st);
+    if (st.bad_rows)
+        fprintf(stderr, "skipped %ld malformed rows (--skip-bad; the first at line %ld)\n", st.bad_rows,
+                st.first_bad_line);
+    int nval = lg_dataset_count(d, LG_SPLIT_VAL);
+    if (o.val_batches == 0 && nval > 0) o.val_batches = (nval + o.batch_size - 1) / o.batch_size;
+    if (nval == 0) o.val_batches = 0;
+    fprintf(stderr, "model %s: %lld parameters; data %s: %d training rows, %d validation rows\n", model,
+            (long long)lg_model_numel(m), data, lg_dataset_count(d, LG_SPLIT_TRAIN), nval);
+    if (!(tmp = lg_outdir_begin(out))) goto done;
+    batch_src src = {d, o.batch_size, ga_bs, lg_dataset_count(d, LG_SPLIT_TRAIN)};
+
+    if (full) { /* every parameter trains */
+        lg_model_set_trainable(m, NULL, NULL);
+        nt = lg_model_n_params(m);
+        ot = lg_calloc((size_t)nt, sizeof *ot);
+        for (int i = 0; i < nt; i++) {
+            lg_param *p = lg_model_param(m, i);
+            /* no decay on norms and biases, as is customary */
+            ot[i] = (lg_opt_tensor){p->name, p->data, p->grad, NULL, NULL, p->numel, 1.0f,
+                                    p->ndim == 2 ? o.weight_decay : 0.0f};
+        }
+    } else {
+        lg_model_set_trainable(m, want_none, NULL); /* the base is frozen: no dW anywhere */
+        lg_lora_opts lo;
+        lg_lora_opts_default(&lo);
+        lo.r = rank;
+        lo.alpha = alpha;
+        lo.dropout = dropout;
+        lo.seed = (uint64_t)seed;
+        lo.use_rslora = use_rslora || mi == 2 || is_ga; /* the lora-ga preset uses rsLoRA scaling */
+        lo.use_dora = use_dora || mi == 4;
+        if (targets) lo.targets = targets;
+        else if (is_ga) lo.targets = "all-linear";
+        else if (c->arch == LG_ARCH_GPT2) lo.targets = "c_attn,c_proj,c_fc";
+        lo.init = LG_INIT_KAIMING;
+        if (init && !strcmp(init, "gaussian")) lo.init = LG_INIT_GAUSSIAN;
+        else if (init && strcmp(init, "kaiming")) {
+            lg_errorf("--init %s: expected kaiming or gaussian", init);
+            goto done;
+        }
+        if (mi == 5) lo.init = LG_INIT_PISSA;
+        if (is_ga) lo.init = LG_INIT_NONE;
+        if (mi == 6) {
+            lo.init = LG_INIT_ADALORA;
+            lo.adalora = 1;
+            lo.target_r = target_r;
+            lo.total_steps = o.steps;
+            lo.tinit = tinit >= 0 ? tinit : o.steps / 10;
+            lo.tfinal = tfinal >= 0 ? tfinal : o.steps / 5;
+            lo.delta_t = delta_t;
+            lo.orth_reg = orth_reg;
+        }
+        if (lg_adapters_attach(m, &lo, &ad) != 0) goto done;
+        if (is_ga) {
+            go.batches = ga_batches;
+            go.batch_size = ga_bs;
+            go.seq_len = o.seq_len;
+            go.mem_budget = ga_mem;
+            go.sketch_k = ga_k;
+            go.gamma = ga_gamma;
+            go.cache_path = ga_cache;
+            go.seed = (uint64_t)seed;
+            go.progress = ga_progress;
+            lg_ga_report rep;
+            if (lg_loraga_init(m, ad, &go, next_batch, &src, &rep) != 0) goto done;
+            fprintf(stderr,
+                    "LoRA-GA: %s; estimation %.1fs (%d pass%s, %.1f MB held), factorisation %.1fs, mean loss %.4f\n",
+                    rep.from_cache ? "gradient from cache" : "gradient estimated", rep.estimate_seconds, rep.passes,
+                    rep.passes == 1 ? "" : "es", rep.extra_bytes / 1048576.0, rep.factorise_seconds, rep.mean_loss);
+        }
+        if (save_init) {
+            char *idir = lg_path_join(tmp, "init_lora_checkpoint");
+            int src_rc = lg_mkdir_p(idir) || lg_adapters_save_peft_init(ad, idir, model);
+            free(idir);
+            if (src_rc) goto done;
+        }
+        if (lg_adapters_opt_tensors(ad, mi == 3 ? loraplus : 1.0f, &ot, &nt) != 0) goto done;
+        if (mi == 6) {
+            o.after_backward = adalora_hook;
+            o.after_backward_ud = ad;
+        }
+        fprintf(stderr, "%s: %d adapted layers, %lld trainable parameters\n", method, lg_adapters_count(ad),
+                (long long)lg_adapters_numel(ad));
+    }
+    metrics = lg_path_join(tmp, "metrics.jsonl");
+    o.metrics_path = metrics;
+    o.on_progress = lg_progress_print;
+    lg_train_result res;
+    if (lg_train(m, ot, nt, &o, next_batch, &src, &res) != 0) goto done;
+    fprintf(stderr, "trained %ld steps in %.1fs: loss %.4f -> %.4f", res.steps_done, res.elapsed, res.first_loss,
+            res.last_loss);
+    if (!isnan(res.last_val_loss)) fprintf(stderr, ", validation loss %.4f", res.last_val_loss);
+    fprintf(stderr, "\n");
+    char title[128];
+    snprintf(title, sizeof title, "loraga train --method %s", method);
+    char *svg = lg_path_join(tmp, "loss.svg");
+    int prc = lg_plot_loss_svg(metrics, svg, title);
+    free(svg);
+    if (prc != 0) goto done;
+    if (full ? (lg_model_save_hf(m, tmp, dtype) != 0 || lg_tokenizer_save_hf(t, tmp) != 0)
+             : lg_adapters_save_peft(ad, tmp, model) != 0)
+        goto done;
+    if (lg_outdir_commit(tmp, out) != 0) {
+        tmp = NULL;
+        goto done;
+    }
+    tmp = NULL;
+    fprintf(stderr, "wrote %s (%s, metrics.jsonl, loss.svg)\n", out,
+            full ? "model.safetensors, config.json, tokenizer" : "adapter_model.safetensors, adapter_config.json");
+    rc = 0;
+done:
+    if (rc) lg_cli_fail();
+    lg_outdir_abort(tmp);
+    free(metrics);
+    free(ot);
+    lg_adapters_free(ad);
+    lg_dataset_free(d);
+    lg_tokenizer_free(t);
+    lg_model_free(m);
+    return rc;
+}

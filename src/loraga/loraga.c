@@ -1,0 +1,583 @@
+/* loraga.c — LoRA-GA, all of it: gradient estimation (all / serial / sketch), factorisation,
+ * initialisation, the weight offset and the gradient cache. See loraga.h for the idea.
+ *
+ * Reading order: lg_loraga_init (the driver, at the bottom) -> estimate_pass (the N batches
+ * with a backward hook per target) -> factorise_* (top-2r singular triplets) ->
+ * lg_ga_init_factors (directions and scales, into A0, B0) -> apply_init (A, B and W <- W - s·B0·A0,
+ * once every target is factorised, so that every pass sees the untouched base model).
+ *
+ * Shapes: target weight W and its gradient G are m x n (out x in); r is the LoRA rank;
+ * N tokens per batch; k the sketch width, l = 2k + 1. All matrices row-major. */
+#include "loraga/loraga.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "io/safetensors.h"
+
+void lg_ga_opts_default(lg_ga_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->batches = 64;
+    o->batch_size = 2;
+    o->seq_len = 128;
+    o->mode = LG_GA_ALL;
+    o->direction = LG_GA_ARB2R;
+    o->scale = LG_GA_STABLE;
+    o->gamma = 16.0f;
+    o->variant = LG_GA_PAPER;
+    o->seed = 42;
+}
+
+#define PARSE(fn, type, ...)                                                                        \
+    int fn(const char *s, type *out) {                                                             \
+        static const char *names[] = {__VA_ARGS__};                                                \
+        for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++)                             \
+            if (!strcmp(s, names[i])) {                                                            \
+                *out = (type)i;                                                                    \
+                return 0;                                                                          \
+            }                                                                                      \
+        return lg_errorf("'%s' is not one of the accepted values (see --help)", s);                 \
+    }
+PARSE(lg_ga_parse_mode, lg_ga_mode, "all", "serial", "sketch")
+PARSE(lg_ga_parse_direction, lg_ga_direction, "ArB2r", "A2rBr", "ArBr", "random")
+PARSE(lg_ga_parse_scale, lg_ga_scale, "stable", "unit", "gd", "weight_svd")
+PARSE(lg_ga_parse_variant, lg_ga_variant, "paper", "peft")
+#undef PARSE
+
+/* ------------------------------------------------------------------------------------------ */
+/* dense linear algebra helpers (double precision: the matrices here are small)               */
+
+/* Orthonormal basis of the columns of X (rows x cols, rows >= cols), in place: X <- Q. */
+static int orthonormalise(double *X, int rows, int cols) {
+    double *tau = lg_malloc((size_t)cols * sizeof(double));
+    int rc = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, rows, cols, X, cols, tau);
+    if (!rc) rc = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, rows, cols, cols, X, cols, tau);
+    free(tau);
+    return rc ? lg_errorf("LAPACK QR failed (info %d)", rc) : 0;
+}
+
+/* Thin SVD of X (rows x cols): U (rows x p), S (p), Vt (p x cols), p = min(rows, cols). X is destroyed. */
+static int thin_svd(double *X, int rows, int cols, double *U, double *S, double *Vt) {
+    int rc = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', rows, cols, X, cols, S, U, LG_MIN(rows, cols), Vt, cols);
+    return rc ? lg_errorf("LAPACK SVD failed to converge (info %d)", rc) : 0;
+}
+
+static void fill_normal(double *x, long n, uint64_t seed) {
+    lg_rng r;
+    lg_rng_seed(&r, seed);
+    for (long i = 0; i < n; i++) x[i] = lg_rng_normal(&r);
+}
+
+/* Write the top k triplets (in descending order) into float outputs. Uf is ld_u wide. */
+static void store_triplets(const double *U, int ldu, const double *S, const double *Vt, int ldv_cols, int m, int n,
+                           int k, float *Uo, float *So, float *Vo) {
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < k; j++) Uo[(size_t)i * k + j] = (float)U[(size_t)i * ldu + j];
+    for (int j = 0; j < k; j++) So[j] = (float)S[j];
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) Vo[(size_t)i * k + j] = (float)Vt[(size_t)j * ldv_cols + i];
+}
+
+int lg_ga_svd(const float *G, int m, int n, int k, int q, int niter, uint64_t seed, float *Uo, float *So, float *Vo) {
+    int p = LG_MIN(m, n);
+    if (k > p) return lg_errorf("cannot take %d singular vectors of a %d x %d matrix", k, m, n);
+    q = LG_MAX(LG_MIN(q, p), k);
+    double *Gd = lg_malloc((size_t)m * n * sizeof(double));
+    for (size_t i = 0; i < (size_t)m * n; i++) Gd[i] = G[i];
+    int rc = 0;
+    if (q >= p) { /* small: the exact SVD costs no more than the randomised one */
+        double *U = lg_malloc((size_t)m * p * sizeof(double)), *S = lg_malloc((size_t)p * sizeof(double)),
+               *Vt = lg_malloc((size_t)p * n * sizeof(double));
+        rc = thin_svd(Gd, m, n, U, S, Vt);
+        if (!rc) store_triplets(U, p, S, Vt, n, m, n, k, Uo, So, Vo);
+        free(U), free(S), free(Vt);
+        free(Gd);
+        return rc;
+    }
+    /* Randomised range finder with power iterations (Halko et al. 2011; torch.svd_lowrank):
+     * Q = orth(G Omega); repeat niter: Q' = orth(G^T Q), Q = orth(G Q'). Then B = Q^T G. */
+    double *Om = lg_malloc((size_t)n * q * sizeof(double)), *Q = lg_malloc((size_t)m * q * sizeof(double)),
+           *Qn = lg_malloc((size_t)n * q * sizeof(double)), *B = lg_malloc((size_t)q * n * sizeof(double));
+    fill_normal(Om, (long)n * q, seed);
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, q, n, 1.0, Gd, n, Om, q, 0.0, Q, q);
+    rc = orthonormalise(Q, m, q);
+    for (int it = 0; !rc && it < niter; it++) {
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, q, m, 1.0, Gd, n, Q, q, 0.0, Qn, q);
+        rc = orthonormalise(Qn, n, q);
+        if (rc) break;
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, q, n, 1.0, Gd, n, Qn, q, 0.0, Q, q);
+        rc = orthonormalise(Q, m, q);
+    }
+    if (!rc) {
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, q, n, m, 1.0, Q, q, Gd, n, 0.0, B, n);
+        double *Ub = lg_malloc((size_t)q * q * sizeof(double)), *S = lg_malloc((size_t)q * sizeof(double)),
+               *Vt = lg_malloc((size_t)q * n * sizeof(double)), *U = lg_malloc((size_t)m * q * sizeof(double));
+        rc = thin_svd(B, q, n, Ub, S, Vt);
+        if (!rc) {
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, q, q, 1.0, Q, q, Ub, q, 0.0, U, q);
+            store_triplets(U, q, S, Vt, n, m, n, k, Uo, So, Vo);
+        }
+        free(Ub), free(S), free(Vt), free(U);
+    }
+    free(Om), free(Q), free(Qn), free(B), free(Gd);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* directions and scales                                                                      */
+
+void lg_ga_init_factors(const float *U, const float *S, const float *V, int m, int n, int r, float s,
+                        const float *W, const lg_ga_opts *o, float *A0, float *B0) {
+    /* Pick which of the 2r singular directions go to A (rows of V^T) and to B (columns of U). */
+    int *ia = lg_malloc((size_t)r * sizeof(int)), *ib = lg_malloc((size_t)r * sizeof(int));
+    int k2 = 2 * r;
+    for (int j = 0; j < r; j++) {
+        switch (o->direction) {
+        case LG_GA_ARB2R: ia[j] = j, ib[j] = r + j; break;
+        case LG_GA_A2RBR: ia[j] = r + j, ib[j] = j; break;
+        case LG_GA_ARBR: ia[j] = 2 * j + 1, ib[j] = 2 * j; break;
+        case LG_GA_RANDOM: break;
+        }
+    }
+    if (o->direction == LG_GA_RANDOM) {
+        int *perm = lg_malloc((size_t)k2 * sizeof(int));
+        lg_rng rng;
+        lg_rng_seed(&rng, o->seed ^ 0x5eedf00dull);
+        for (int i = 0; i < k2; i++) perm[i] = i;
+        for (int i = k2 - 1; i > 0; i--) {
+            int j = (int)(lg_rng_u64(&rng) % (uint64_t)(i + 1)), t = perm[i];
+            perm[i] = perm[j], perm[j] = t;
+        }
+        /* paper: disjoint halves; PEFT: the same r indices for A and B */
+        for (int j = 0; j < r; j++) ia[j] = perm[j], ib[j] = o->variant == LG_GA_PEFT ? perm[j] : perm[r + j];
+        free(perm);
+    }
+    for (int j = 0; j < r; j++) {
+        for (int i = 0; i < n; i++) A0[(size_t)j * n + i] = V[(size_t)i * k2 + ia[j]];
+        for (int i = 0; i < m; i++) B0[(size_t)i * r + j] = U[(size_t)i * k2 + ib[j]];
+    }
+    float ca = 1.0f, cb = 1.0f;
+    if (o->variant == LG_GA_PEFT) {
+        /* PEFT's lora_ga_init: B0 = U_B diag(S_B); stable scales B only; weight_svd uses
+         * sigma_1(W) / S_B[0]. */
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < r; j++) B0[(size_t)i * r + j] *= S[ib[j]];
+        if (o->scale == LG_GA_STABLE) cb = (float)(pow(m, 0.25) / sqrt(o->gamma));
+        if (o->scale == LG_GA_GD) ca = cb = 1.0f / s;
+        if (o->scale == LG_GA_WEIGHT_SVD && S[ib[0]] > 0) {
+            float sw[1], *v = lg_malloc((size_t)n * sizeof(float)), *uu = lg_malloc((size_t)m * sizeof(float));
+            if (lg_ga_svd(W, m, n, 1, 4 * r, 4, o->seed, uu, sw, v) == 0) cb = sw[0] / S[ib[0]];
+            free(v), free(uu);
+        }
+    } else {
+        switch (o->scale) {
+        case LG_GA_STABLE: ca = cb = (float)(pow(m, 0.25) / sqrt(o->gamma)); break;
+        case LG_GA_UNIT: break;
+        case LG_GA_GD: ca = cb = 1.0f / s; break;
+        case LG_GA_WEIGHT_SVD: { /* mean over the top r of sqrt(sigma_i(W) / s) */
+            float *uu = lg_malloc((size_t)m * r * sizeof(float)), *v = lg_malloc((size_t)n * r * sizeof(float)),
+                  *sw = lg_malloc((size_t)r * sizeof(float));
+            if (lg_ga_svd(W, m, n, r, 4 * r, 4, o->seed, uu, sw, v) == 0) {
+                double acc = 0;
+                for (int j = 0; j < r; j++) acc += sqrt(fmax(sw[j], 0) / s);
+                ca = cb = (float)(acc / r);
+            }
+            free(uu), free(v), free(sw);
+            break;
+        }
+        }
+    }
+    for (size_t i = 0; i < (size_t)r * n; i++) A0[i] *= ca;
+    for (size_t i = 0; i < (size_t)m * r; i++) B0[i] *= cb;
+    free(ia);
+    free(ib);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* estimation: one pass over the N batches with a backward hook on each target in a group     */
+
+typedef struct {
+    lg_lora *lo;
+    int m, n;
+    float *G;            /* all / serial: m x n running sum of dL/dW (already divided by N) */
+    int k, l;            /* sketch: Omega n x k, Psi l x m, Y = G Omega (m x k), Z = Psi G (l x n) */
+    float *Om, *Psi, *Y, *Z;
+    float *t1, *t2;      /* sketch scratch: X Omega (N x k), Psi dY^T (l x N) */
+    long cap;
+} ga_target;
+
+/* dL/dW of a linear layer y = x W^T is dy^T x: accumulate it (dy carries 1/(N·tokens)). */
+static void hook_dense(lg_linear *l, const float *dy, const float *x, int N, void *ud) {
+    ga_target *t = ud;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, N, 1.0f, dy, l->out, x, l->in, 1.0f, t->G,
+                l->in);
+}
+
+/* Sketches without forming dy^T x: Y += dy^T (x Omega);  Z += (Psi dy^T) x. */
+static void hook_sketch(lg_linear *l, const float *dy, const float *x, int N, void *ud) {
+    ga_target *t = ud;
+    if (N > t->cap) {
+        free(t->t1), free(t->t2);
+        t->t1 = lg_malloc((size_t)N * t->k * sizeof(float));
+        t->t2 = lg_malloc((size_t)t->l * N * sizeof(float));
+        t->cap = N;
+    }
+    int m = l->out, n = l->in, k = t->k, ll = t->l;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, k, n, 1.0f, x, n, t->Om, k, 0.0f, t->t1, k);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, k, N, 1.0f, dy, m, t->t1, k, 1.0f, t->Y, k);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ll, N, m, 1.0f, t->Psi, m, dy, m, 0.0f, t->t2, N);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ll, n, N, 1.0f, t->t2, N, x, n, 1.0f, t->Z, n);
+}
+
+static void report(const lg_ga_opts *o, const char *phase, long done, long total) {
+    if (o->progress) o->progress(phase, done, total, o->progress_ud);
+}
+
+/* Runs the N estimation batches on the base model (adapters detached) with hooks on
+ * targets [lo, hi). Each batch contributes the gradient of its mean loss, divided by N. */
+static int estimate_pass(lg_model *m, ga_target *t, int nt, int lo, int hi, int sketch, const lg_ga_opts *o,
+                         lg_batch_fn next, void *ud, long *done, long total, double *loss_sum) {
+    int B = o->batch_size, T = o->seq_len, rc = 0;
+    lg_batch b = {B, T, lg_calloc((size_t)B * T, sizeof(int)), lg_calloc((size_t)B * T, sizeof(int)),
+                  lg_calloc((size_t)B * T, sizeof(float))};
+    for (int i = 0; i < nt; i++) t[i].lo->lin->adapter = NULL; /* the base model, no adapters */
+    for (int i = lo; i < hi; i++) {
+        t[i].lo->lin->grad_hook = sketch ? hook_sketch : hook_dense;
+        t[i].lo->lin->grad_hook_ud = &t[i];
+    }
+    if (lg_model_plan(m, B, T, 1) != 0) rc = -1;
+    *loss_sum = 0;
+    for (int bi = 0; !rc && bi < o->batches; bi++) {
+        if (next(ud, 2, bi, &b) != 0) {
+            rc = -1;
+            break;
+        }
+        double w;
+        float loss = lg_model_forward(m, &b, &w);
+        if (!(w > 0)) continue; /* nothing to predict in this batch: contributes zero */
+        if (!isfinite(loss)) {
+            rc = lg_errorf("LoRA-GA estimation batch %d: loss is not finite", bi + 1);
+            break;
+        }
+        *loss_sum += loss;
+        lg_model_backward(m, &b, (float)(1.0 / (w * o->batches)));
+        report(o, "estimate", ++*done, total);
+    }
+    for (int i = 0; i < nt; i++) t[i].lo->lin->adapter = &t[i].lo->hdr;
+    for (int i = lo; i < hi; i++) {
+        t[i].lo->lin->grad_hook = NULL;
+        t[i].lo->lin->grad_hook_ud = NULL;
+    }
+    free(b.inputs), free(b.targets), free(b.weight);
+    return rc;
+}
+
+/* Top-2r triplets from the sketches (Tropp, Yurtsever, Udell & Cevher 2017, §4):
+ * Q = orth(Y); C = argmin ||(Psi Q) C - Z|| (k x n); G ~ Q C; SVD of C gives U = Q U_C. */
+static int factorise_sketch(const ga_target *t, int r2, float *Uo, float *So, float *Vo) {
+    int m = t->m, n = t->n, k = t->k, l = t->l, rc;
+    double *Q = lg_malloc((size_t)m * k * sizeof(double)), *M = lg_malloc((size_t)l * k * sizeof(double)),
+           *Z = lg_malloc((size_t)l * n * sizeof(double));
+    for (size_t i = 0; i < (size_t)m * k; i++) Q[i] = t->Y[i];
+    for (size_t i = 0; i < (size_t)l * n; i++) Z[i] = t->Z[i];
+    rc = orthonormalise(Q, m, k);
+    if (!rc) {
+        double *Psi = lg_malloc((size_t)l * m * sizeof(double));
+        for (size_t i = 0; i < (size_t)l * m; i++) Psi[i] = t->Psi[i];
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l, k, m, 1.0, Psi, m, Q, k, 0.0, M, k);
+        free(Psi);
+        int info = LAPACKE_dgels(LAPACK_ROW_MAJOR, 'N', l, k, n, M, k, Z, n); /* Z[:k] <- C */
+        if (info) rc = lg_errorf("LAPACK least squares failed (info %d)", info);
+    }
+    if (!rc) {
+        double *Uc = lg_malloc((size_t)k * k * sizeof(double)), *S = lg_malloc((size_t)k * sizeof(double)),
+               *Vt = lg_malloc((size_t)k * n * sizeof(double)), *U = lg_malloc((size_t)m * k * sizeof(double));
+        rc = thin_svd(Z, k, n, Uc, S, Vt); /* the first k rows of Z hold C */
+        if (!rc) {
+            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, k, k, 1.0, Q, k, Uc, k, 0.0, U, k);
+            store_triplets(U, k, S, Vt, n, m, n, r2, Uo, So, Vo);
+        }
+        free(Uc), free(S), free(Vt), free(U);
+    }
+    free(Q), free(M), free(Z);
+    return rc;
+}
+
+/* A0, B0 from the triplets. Nothing in the model changes yet: every pass must see the base
+ * model, so the offsets are applied once all targets are factorised (apply_init). */
+static void set_factors(ga_target *t, const float *U, const float *S, const float *V, const lg_ga_opts *o) {
+    lg_lora *lo = t->lo;
+    int m = t->m, n = t->n, r = lo->r;
+    if (!lo->A0) lo->A0 = lg_malloc((size_t)r * n * sizeof(float));
+    if (!lo->B0) lo->B0 = lg_malloc((size_t)m * r * sizeof(float));
+    lg_ga_init_factors(U, S, V, m, n, r, lo->scale, lo->lin->w->data, o, lo->A0, lo->B0);
+}
+
+/* A = A0, B = B0 (A0, B0 stay for the export relative to the original W); W <- W - s·B0·A0. */
+static void apply_init(lg_lora *lo) {
+    int m = lo->out, n = lo->in, r = lo->r;
+    memcpy(lo->A, lo->A0, (size_t)r * n * sizeof(float));
+    memcpy(lo->B, lo->B0, (size_t)m * r * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, -lo->scale, lo->B0, r, lo->A0, n, 1.0f,
+                lo->lin->w->data, n);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* cache: G (all / serial) or the sketches (sketch), guarded by a checksum of model, data, settings */
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static int cache_checksum(lg_model *m, ga_target *t, int nt, const lg_ga_opts *o, lg_batch_fn next, void *ud,
+                          uint64_t *out) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    const lg_config *c = lg_model_config(m);
+    h = fnv(h, c, sizeof *c);
+    for (int i = 0; i < lg_model_n_params(m); i++) { /* every weight: the gradient depends on all */
+        lg_param *p = lg_model_param(m, i);
+        h = fnv(h, p->name, strlen(p->name));
+        h = fnv(h, p->data, (size_t)p->numel * sizeof(float));
+    }
+    for (int i = 0; i < nt; i++) h = fnv(h, t[i].lo->lin->name, strlen(t[i].lo->lin->name));
+    int settings[4] = {o->batches, o->batch_size, o->seq_len, o->mode == LG_GA_SKETCH};
+    h = fnv(h, settings, sizeof settings);
+    if (o->mode == LG_GA_SKETCH) { /* the sketches depend on their random matrices */
+        h = fnv(h, &o->seed, sizeof o->seed);
+        h = fnv(h, &t[0].k, sizeof t[0].k);
+    }
+    int B = o->batch_size, T = o->seq_len;
+    lg_batch b = {B, T, lg_calloc((size_t)B * T, sizeof(int)), lg_calloc((size_t)B * T, sizeof(int)),
+                  lg_calloc((size_t)B * T, sizeof(float))};
+    int rc = 0;
+    for (int bi = 0; bi < o->batches && !rc; bi++) {
+        if (next(ud, 2, bi, &b) != 0) rc = -1;
+        h = fnv(h, b.inputs, (size_t)B * T * sizeof(int));
+        h = fnv(h, b.targets, (size_t)B * T * sizeof(int));
+        h = fnv(h, b.weight, (size_t)B * T * sizeof(float));
+    }
+    free(b.inputs), free(b.targets), free(b.weight);
+    *out = h;
+    return rc;
+}
+
+static void tensor_name(char *buf, size_t cap, const ga_target *t, const char *what) {
+    snprintf(buf, cap, "%s.%s", t->lo->lin->name, what);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the driver                                                                                 */
+
+static int want_none(const lg_param *p, void *ud) {
+    (void)p, (void)ud;
+    return 0;
+}
+
+static uint64_t target_seed(uint64_t seed, int i) { return seed * 0x9e3779b97f4a7c15ull + (uint64_t)i * 7919u + 1; }
+
+static void alloc_sketch(ga_target *t, int k, uint64_t seed) {
+    t->k = k;
+    t->l = 2 * k + 1;
+    t->Om = lg_malloc((size_t)t->n * k * sizeof(float));
+    t->Psi = lg_malloc((size_t)t->l * t->m * sizeof(float));
+    t->Y = lg_calloc((size_t)t->m * k, sizeof(float));
+    t->Z = lg_calloc((size_t)t->l * t->n, sizeof(float));
+    lg_rng r;
+    lg_rng_seed(&r, seed);
+    for (size_t i = 0; i < (size_t)t->n * k; i++) t->Om[i] = lg_rng_normal(&r);
+    for (size_t i = 0; i < (size_t)t->l * t->m; i++) t->Psi[i] = lg_rng_normal(&r);
+}
+
+static void free_target(ga_target *t) {
+    lg_aligned_free(t->G);
+    free(t->Om), free(t->Psi), free(t->Y), free(t->Z), free(t->t1), free(t->t2);
+    t->G = t->Om = t->Psi = t->Y = t->Z = t->t1 = t->t2 = NULL;
+    t->cap = 0;
+}
+
+/* Factorise one target (dense G or sketches) into its A0, B0. */
+static int init_target(ga_target *t, int index, const lg_ga_opts *o) {
+    int r = t->lo->r, r2 = 2 * r;
+    if (r2 > LG_MIN(t->m, t->n))
+        return lg_errorf("%s: rank %d needs 2r = %d singular vectors but the layer is %d x %d", t->lo->lin->name, r,
+                         r2, t->m, t->n);
+    float *U = lg_malloc((size_t)t->m * r2 * sizeof(float)), *S = lg_malloc((size_t)r2 * sizeof(float)),
+          *V = lg_malloc((size_t)t->n * r2 * sizeof(float));
+    int rc = t->G ? lg_ga_svd(t->G, t->m, t->n, r2, 4 * r, 4, target_seed(o->seed, index), U, S, V)
+                  : factorise_sketch(t, r2, U, S, V);
+    if (rc) lg_errorf_prefix("%s", t->lo->lin->name);
+    else set_factors(t, U, S, V, o);
+    free(U), free(S), free(V);
+    return rc;
+}
+
+int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn next, void *ud,
+                   lg_ga_report *rep) {
+    memset(rep, 0, sizeof *rep);
+    int nt = lg_adapters_count(a);
+    if (nt == 0) return lg_errorf("LoRA-GA: no adapted layers");
+    if (o->batches < 1 || o->batch_size < 1 || o->seq_len < 2)
+        return lg_errorf("LoRA-GA: --ga-batches and --ga-batch-size must be >= 1");
+    ga_target *t = lg_calloc((size_t)nt, sizeof *t);
+    for (int i = 0; i < nt; i++) {
+        t[i].lo = lg_adapters_get(a, i);
+        t[i].m = t[i].lo->out;
+        t[i].n = t[i].lo->in;
+    }
+    int sketch = o->mode == LG_GA_SKETCH, rc = 0;
+    int k = o->sketch_k > 0 ? o->sketch_k : 8 * t[0].lo->r;
+    lg_model_set_trainable(m, want_none, NULL); /* the hooks see dy and x: no dW buffers at all */
+    double t0 = lg_now();
+    uint64_t sum = 0;
+    char csum[32] = "";
+    lg_st_writer *cw = NULL;
+    lg_safetensors *cache = NULL;
+    if (sketch)
+        for (int i = 0; i < nt; i++) t[i].k = LG_MIN(k, LG_MIN(t[i].m, t[i].n)), t[i].l = 2 * t[i].k + 1;
+    if (o->cache_path) {
+        if (cache_checksum(m, t, nt, o, next, ud, &sum) != 0) goto fail;
+        snprintf(csum, sizeof csum, "%016llx", (unsigned long long)sum);
+        if (lg_file_exists(o->cache_path)) {
+            if (lg_st_open(o->cache_path, &cache) != 0) goto fail;
+            const char *have = lg_st_metadata(cache, "loraga_ga_checksum");
+            if (!have || strcmp(have, csum)) {
+                lg_errorf("%s: gradient cache does not match this model, data and estimation settings "
+                          "(checksum %s, expected %s); delete it or choose another --ga-cache",
+                          o->cache_path, have ? have : "none", csum);
+                goto fail;
+            }
+            rep->from_cache = 1;
+        }
+    }
+
+    if (rep->from_cache) { /* load one target at a time, factorise, free */
+        for (int i = 0; i < nt && !rc; i++) {
+            char nm[160];
+            if (sketch) {
+                alloc_sketch(&t[i], t[i].k, target_seed(o->seed, i));
+                tensor_name(nm, sizeof nm, &t[i], "ga_Y");
+                int64_t sy[2] = {t[i].m, t[i].k}, sz[2] = {t[i].l, t[i].n};
+                rc = lg_st_read_f32(cache, nm, t[i].Y, 2, sy);
+                tensor_name(nm, sizeof nm, &t[i], "ga_Z");
+                if (!rc) rc = lg_st_read_f32(cache, nm, t[i].Z, 2, sz);
+            } else {
+                t[i].G = lg_aligned_alloc((size_t)t[i].m * t[i].n * sizeof(float));
+                tensor_name(nm, sizeof nm, &t[i], "ga_G");
+                int64_t sg[2] = {t[i].m, t[i].n};
+                rc = lg_st_read_f32(cache, nm, t[i].G, 2, sg);
+            }
+            rep->estimate_seconds = lg_now() - t0;
+            double t1 = lg_now();
+            if (!rc) rc = init_target(&t[i], i, o);
+            rep->factorise_seconds += lg_now() - t1;
+            report(o, "factorise", i + 1, nt);
+            free_target(&t[i]);
+        }
+        if (rc) goto fail;
+        goto done;
+    }
+
+    /* Group the targets: everything at once (all, sketch) or what fits the budget (serial). */
+    int *group_end = lg_malloc((size_t)(nt + 1) * sizeof(int));
+    int ngroups = 0;
+    if (o->mode == LG_GA_SERIAL) {
+        size_t used = 0;
+        for (int i = 0; i < nt; i++) {
+            size_t need = (size_t)t[i].m * t[i].n * sizeof(float);
+            if (need > o->mem_budget) {
+                free(group_end);
+                lg_errorf("--ga-mem %zu bytes is smaller than the gradient of %s (%zu bytes)", o->mem_budget,
+                          t[i].lo->lin->name, need);
+                goto fail;
+            }
+            if (used + need > o->mem_budget) group_end[ngroups++] = i, used = 0;
+            used += need;
+        }
+    }
+    group_end[ngroups++] = nt;
+    rep->groups = ngroups;
+    rep->passes = ngroups;
+
+    if (o->cache_path) {
+        int nitems = sketch ? 2 * nt : nt;
+        lg_st_item *items = lg_calloc((size_t)nitems, sizeof *items);
+        char (*names)[160] = lg_calloc((size_t)nitems, sizeof *names);
+        for (int i = 0; i < nt; i++) {
+            if (sketch) {
+                tensor_name(names[2 * i], 160, &t[i], "ga_Y");
+                tensor_name(names[2 * i + 1], 160, &t[i], "ga_Z");
+                items[2 * i] = (lg_st_item){names[2 * i], LG_DT_F32, 2, {t[i].m, t[i].k, 0, 0}, NULL};
+                items[2 * i + 1] = (lg_st_item){names[2 * i + 1], LG_DT_F32, 2, {t[i].l, t[i].n, 0, 0}, NULL};
+            } else {
+                tensor_name(names[i], 160, &t[i], "ga_G");
+                items[i] = (lg_st_item){names[i], LG_DT_F32, 2, {t[i].m, t[i].n, 0, 0}, NULL};
+            }
+        }
+        lg_st_meta meta[] = {{"loraga_ga_checksum", csum}, {"format", sketch ? "sketch" : "gradient"}};
+        rc = lg_st_writer_begin(o->cache_path, items, nitems, meta, 2, &cw);
+        free(items);
+        free(names);
+        if (rc) {
+            free(group_end);
+            goto fail;
+        }
+    }
+
+    long done = 0, total = (long)o->batches * ngroups;
+    double loss_sum = 0;
+    for (int g = 0, lo = 0; g < ngroups && !rc; lo = group_end[g++]) {
+        int hi = group_end[g];
+        size_t bytes = 0;
+        for (int i = lo; i < hi; i++) {
+            if (sketch) {
+                alloc_sketch(&t[i], t[i].k, target_seed(o->seed, i));
+                bytes += ((size_t)t[i].m * t[i].k + (size_t)t[i].l * t[i].n + (size_t)t[i].n * t[i].k +
+                          (size_t)t[i].l * t[i].m) * sizeof(float);
+            } else {
+                t[i].G = lg_aligned_alloc((size_t)t[i].m * t[i].n * sizeof(float));
+                bytes += (size_t)t[i].m * t[i].n * sizeof(float);
+            }
+        }
+        rep->extra_bytes = LG_MAX(rep->extra_bytes, bytes);
+        double ts = lg_now();
+        rc = estimate_pass(m, t, nt, lo, hi, sketch, o, next, ud, &done, total, &loss_sum);
+        rep->estimate_seconds += lg_now() - ts;
+        rep->mean_loss = loss_sum / o->batches;
+        for (int i = lo; i < hi && !rc; i++) {
+            if (cw) {
+                rc = sketch ? lg_st_writer_put(cw, t[i].Y) : lg_st_writer_put(cw, t[i].G);
+                if (!rc && sketch) rc = lg_st_writer_put(cw, t[i].Z);
+            }
+            double tf = lg_now();
+            if (!rc) rc = init_target(&t[i], i, o);
+            rep->factorise_seconds += lg_now() - tf;
+            report(o, "factorise", i + 1, nt);
+            free_target(&t[i]);
+        }
+    }
+    free(group_end);
+    if (rc) goto fail;
+    if (cw) {
+        rc = lg_st_writer_commit(cw);
+        cw = NULL;
+        if (rc) goto fail;
+    }
+done:
+    for (int i = 0; i < nt; i++) apply_init(t[i].lo);
+    lg_st_close(cache);
+    free(t);
+    return 0;
+fail:
+    if (cw) lg_st_writer_abort(cw);
+    if (cache) lg_st_close(cache);
+    for (int i = 0; i < nt; i++) free_target(&t[i]);
+    free(t);
+    return -1;
+}
