@@ -14,6 +14,7 @@
  *   x' = xmid + h Wd^T                         x' = xmid + h Wproj^T + b
  */
 #include "model/model.h"
+#include "model/model_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -22,49 +23,6 @@
 
 #include "adapters/adapter.h"
 #include "core/util.h"
-
-/* What one layer keeps for backward (pointers into the activation arena). */
-typedef struct {
-    float *x;       /* (N, C) block input (residual stream) */
-    float *xn1;     /* (N, C) */
-    float *mean1, *rstd1; /* (N) */
-    float *q, *k, *v; /* LLaMA: (N, qd), (N, kvd), (N, kvd) after RoPE; GPT-2: slices of qkv */
-    float *qkv;     /* GPT-2: (N, 3C) */
-    float *probs;   /* (B, H, T, T) */
-    float *att;     /* (N, qd) */
-    float *xmid;    /* (N, C) */
-    float *xn2;     /* (N, C) */
-    float *mean2, *rstd2;
-    float *gate, *up; /* LLaMA: (N, F) each; GPT-2: up = pre-GELU (N, F) */
-    float *h;       /* (N, F) */
-} layer_acts;
-
-struct lg_model {
-    lg_config cfg;
-    const lg_ops *ops;
-    int nparams;
-    lg_param *params;
-    float *param_mem;
-    float *grad_mem;
-    int64_t numel;
-    /* named views */
-    lg_param *wte, *wpe, *normf_w, *normf_b, *lm_head; /* lm_head == wte when tied */
-    lg_layer *layers;
-    int nlin;
-    lg_linear **linears;
-    float *rope_cos, *rope_sin;
-    /* activation plan */
-    int B, T, training;
-    float *act_mem;
-    int64_t act_cap; /* floats in act_mem */
-    layer_acts *acts;
-    float *x_final, *xnf, *meanf, *rstdf, *logits;
-    float *tmp;                     /* (N, C) */
-    float *dres, *dxn;              /* (N, C) */
-    float *datt, *dq, *dk, *dv, *dq2, *dk2; /* (N, max(qd, 3C)) */
-    float *dgate, *dup, *dh;        /* (N, F) */
-    float *dlogit_x;                /* (N, C) gradient at the final norm output */
-};
 
 /* ------------------------------------------------------------------------------------------ */
 /* parameter table                                                                            */
