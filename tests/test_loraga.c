@@ -11,9 +11,12 @@
 #include <unistd.h>
 
 #include "adapters/lora.h"
+#include "adapters/lora_io.h"
+#include <cjson/cJSON.h>
 #include "core/util.h"
 #include "loraga/loraga.h"
 #include "model/model.h"
+#include "train/train.h"
 
 /* ---- fixtures ------------------------------------------------------------------------------ */
 
@@ -559,6 +562,159 @@ static void test_first_step_beats_lora(void **state) {
     lg_model_free(base);
 }
 
+
+/* With an exact factorisation the diagnostics obey Eckart–Young: align_err = sqrt(1 - captured). */
+static void test_diagnostics_exact_relation(void **state) {
+    (void)state;
+    lg_model *base = base_model();
+    batches bs = make_batches(3, 2, 10, 37, 21);
+    char *dir = lg_test_tmpdir();
+    char *diag = lg_path_join(dir, "diag.jsonl");
+    lg_ga_opts go = ga_opts(LG_GA_ALL, 3, 2, 10);
+    go.diag_path = diag;
+    ga_run g = run_loraga(base, &go, 8, &bs); /* 4r >= min(m, n): exact SVD */
+    char *text;
+    assert_int_equal(lg_read_file(diag, &text, NULL), 0);
+    int lines = 0;
+    char *save = NULL;
+    for (char *ln = strtok_r(text, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
+        cJSON *j = cJSON_Parse(ln);
+        assert_non_null(j);
+        double cap = cJSON_GetObjectItem(j, "captured")->valuedouble, al = cJSON_GetObjectItem(j, "align_err")->valuedouble;
+        assert_true(cap > 0 && cap <= 1);
+        assert_float_equal(al, sqrt(fmax(0, 1 - cap)), 2e-3);
+        cJSON_Delete(j);
+        lines++;
+    }
+    assert_int_equal(lines, lg_adapters_count(g.a));
+    print_message("%d targets: captured mean %.3f min %.3f, align err mean %.3f max %.3f\n", lines,
+                  g.rep.captured_mean, g.rep.captured_min, g.rep.align_err_mean, g.rep.align_err_max);
+    free(text);
+    free_run(&g);
+    unlink(diag);
+    rmdir(dir);
+    free(diag), free(dir), free(bs.ids);
+    lg_model_free(base);
+}
+
+/* Train a few AdamW steps after the init, export (rank 2r, relative to the original W), load the
+ * export onto the untouched base: same loss as the trained model. Also with DoRA. */
+static void export_roundtrip(int dora) {
+    lg_model *base = base_model();
+    batches bs = make_batches(3, 2, 12, 37, 22);
+    lg_config c = tiny_config();
+    lg_model *m;
+    assert_int_equal(lg_model_create(&c, NULL, 0, &m), 0);
+    copy_weights(m, base);
+    lg_lora_opts lo = lora_opts(2);
+    lo.use_rslora = 1;
+    lo.use_dora = dora;
+    lg_adapters *a;
+    assert_int_equal(lg_adapters_attach(m, &lo, &a), 0);
+    lg_model_set_trainable(m, want_none, NULL);
+    lg_ga_opts go = ga_opts(LG_GA_ALL, 3, 2, 12);
+    lg_ga_report rep;
+    double l_base = batch_loss(base, &bs, 2);
+    assert_int_equal(lg_loraga_init(m, a, &go, next_batch, &bs, &rep), 0);
+    double l_init = batch_loss(m, &bs, 2);
+    assert_float_equal(l_init, l_base, 2e-5 * fabs(l_base)); /* step 0 = base, DoRA included */
+    lg_opt_tensor *ot;
+    int nt;
+    assert_int_equal(lg_adapters_opt_tensors(a, 1.0f, &ot, &nt), 0);
+    lg_train_opts to;
+    lg_train_opts_default(&to);
+    to.steps = 4;
+    to.batch_size = 2;
+    to.seq_len = 12;
+    to.lr = 1e-2f;
+    lg_train_result res;
+    assert_int_equal(lg_train(m, ot, nt, &to, next_batch, &bs, &res), 0);
+    double l_trained = batch_loss(m, &bs, 2);
+    assert_true(fabs(l_trained - l_base) > 1e-3); /* training moved the model */
+    char *dir = lg_test_tmpdir();
+    assert_int_equal(lg_adapters_save_peft(a, dir, "tiny"), 0);
+    lg_model *orig;
+    assert_int_equal(lg_model_create(&c, NULL, 0, &orig), 0);
+    copy_weights(orig, base);
+    lg_adapters *loaded;
+    if (lg_adapters_load_peft(orig, dir, &loaded) != 0) fail_msg("load: %s", lg_last_error());
+    assert_int_equal(lg_adapters_get(loaded, 0)->r, 4); /* rank 2r */
+    double l_export = batch_loss(orig, &bs, 2);
+    print_message("%s: base %.6f, trained %.6f, export on the original base %.6f\n", dora ? "LoRA-GA+DoRA" : "LoRA-GA",
+                  l_base, l_trained, l_export);
+    /* DoRA too: W_orig + s'B'A' equals W_res + sBA, so the row norms and magnitudes agree */
+    assert_float_equal(l_export, l_trained, 1e-5 * fabs(l_trained));
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    free(dir);
+    free(ot);
+    lg_adapters_free(loaded);
+    lg_model_free(orig);
+    lg_adapters_free(a);
+    lg_model_free(m);
+    free(bs.ids);
+    lg_model_free(base);
+}
+
+static void test_export_relative_to_original(void **state) {
+    (void)state;
+    export_roundtrip(0);
+}
+
+static void test_export_with_dora(void **state) {
+    (void)state;
+    export_roundtrip(1);
+}
+
+/* The first-step error is O(eta^2): halving eta halves the relative error. */
+static void test_first_step_error_is_second_order(void **state) {
+    (void)state;
+    lg_model *base = base_model();
+    batches bs = make_batches(1, 2, 12, 37, 23);
+    float *G = model_gradient(base, "model.layers.1.self_attn.v_proj.weight", &bs, 1);
+    lg_ga_opts go = ga_opts(LG_GA_ALL, 1, 2, 12);
+    ga_run g = run_loraga(base, &go, 2, &bs);
+    lg_lora *lo = NULL;
+    for (int i = 0; i < lg_adapters_count(g.a); i++)
+        if (!strcmp(lg_adapters_get(g.a, i)->lin->name, "model.layers.1.self_attn.v_proj")) lo = lg_adapters_get(g.a, i);
+    lg_adapters_zero_grads(g.a);
+    lg_batch b = {2, 12, calloc(24, sizeof(int)), calloc(24, sizeof(int)), calloc(24, sizeof(float))};
+    next_batch(&bs, 2, 0, &b);
+    double w;
+    lg_model_plan(g.m, 2, 12, 1);
+    lg_model_forward(g.m, &b, &w);
+    lg_model_backward(g.m, &b, (float)(1.0 / w));
+    int m = lo->out, n = lo->in, r = lo->r;
+    double s = lo->scale, rel[2];
+    for (int k = 0; k < 2; k++) {
+        double eta = k ? 1e-2 : 2e-2, err = 0, ref = 0;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double dW = 0, pg = 0;
+                for (int t = 0; t < r; t++) {
+                    double b1 = lo->B[i * r + t] - eta * lo->dB[i * r + t], a1 = lo->A[t * n + j] - eta * lo->dA[t * n + j];
+                    dW += b1 * a1 - (double)lo->B0[i * r + t] * lo->A0[t * n + j];
+                    double btg = 0, gat = 0;
+                    for (int q = 0; q < m; q++) btg += (double)lo->B0[q * r + t] * G[(size_t)q * n + j];
+                    for (int q = 0; q < n; q++) gat += (double)G[(size_t)i * n + q] * lo->A0[t * n + q];
+                    pg += lo->B0[i * r + t] * btg + gat * lo->A0[t * n + j];
+                }
+                double want = -eta * s * s * pg;
+                err += (s * dW - want) * (s * dW - want);
+                ref += want * want;
+            }
+        rel[k] = sqrt(err / ref);
+    }
+    print_message("relative first-step error: eta 2e-2 -> %.3e, eta 1e-2 -> %.3e (ratio %.2f, expect 2)\n", rel[0],
+                  rel[1], rel[0] / rel[1]);
+    assert_true(rel[0] / rel[1] > 1.8 && rel[0] / rel[1] < 2.2);
+    free(b.inputs), free(b.targets), free(b.weight), free(G);
+    free_run(&g);
+    free(bs.ids);
+    lg_model_free(base);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_svd_randomised_matches_spectrum),
@@ -570,6 +726,10 @@ int main(void) {
         cmocka_unit_test(test_sketch_first_step_objective),
         cmocka_unit_test(test_cache_reuse_and_mismatch),
         cmocka_unit_test(test_first_step_beats_lora),
+        cmocka_unit_test(test_diagnostics_exact_relation),
+        cmocka_unit_test(test_export_relative_to_original),
+        cmocka_unit_test(test_export_with_dora),
+        cmocka_unit_test(test_first_step_error_is_second_order),
     };
     return cmocka_run_group_tests_name("loraga", tests, NULL, NULL);
 }

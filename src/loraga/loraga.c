@@ -403,7 +403,46 @@ static void free_target(ga_target *t) {
 }
 
 /* Factorise one target (dense G or sketches) into its A0, B0. */
-static int init_target(ga_target *t, int index, const lg_ga_opts *o) {
+/* Diagnostics of one target (see lg_ga_report): captured share and first-step alignment error. */
+static void diagnose(const ga_target *t, const float *S, int r2, double *captured, double *align) {
+    int m = t->m, n = t->n, r = t->lo->r;
+    double g2 = 0, top = 0;
+    for (int i = 0; i < r2; i++) top += (double)S[i] * S[i];
+    if (!t->G) { /* sketch: E ||Psi g||^2 = l ||g||^2 for Gaussian Psi */
+        for (size_t i = 0; i < (size_t)t->l * n; i++) g2 += (double)t->Z[i] * t->Z[i];
+        g2 /= t->l;
+        *captured = g2 > 0 ? fmin(1.0, top / g2) : 0;
+        *align = sqrt(fmax(0.0, 1.0 - *captured));
+        return;
+    }
+    for (size_t i = 0; i < (size_t)m * n; i++) g2 += (double)t->G[i] * t->G[i];
+    *captured = g2 > 0 ? fmin(1.0, top / g2) : 0;
+    /* unit directions: the columns of B0 and rows of A0, normalised (scales do not matter here) */
+    float *Ub = lg_malloc((size_t)m * r * sizeof(float)), *Va = lg_malloc((size_t)r * n * sizeof(float));
+    memcpy(Ub, t->lo->B0, (size_t)m * r * sizeof(float));
+    memcpy(Va, t->lo->A0, (size_t)r * n * sizeof(float));
+    for (int j = 0; j < r; j++) {
+        double nb = 0, na = 0;
+        for (int i = 0; i < m; i++) nb += (double)Ub[(size_t)i * r + j] * Ub[(size_t)i * r + j];
+        for (int i = 0; i < n; i++) na += (double)Va[(size_t)j * n + i] * Va[(size_t)j * n + i];
+        for (int i = 0; i < m; i++) Ub[(size_t)i * r + j] = nb > 0 ? (float)(Ub[(size_t)i * r + j] / sqrt(nb)) : 0;
+        for (int i = 0; i < n; i++) Va[(size_t)j * n + i] = na > 0 ? (float)(Va[(size_t)j * n + i] / sqrt(na)) : 0;
+    }
+    /* R = G - Ub (Ub^T G) - (G Va^T) Va */
+    float *R = lg_malloc((size_t)m * n * sizeof(float)), *BtG = lg_malloc((size_t)r * n * sizeof(float)),
+          *GAt = lg_malloc((size_t)m * r * sizeof(float));
+    memcpy(R, t->G, (size_t)m * n * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, n, m, 1.0f, Ub, r, t->G, n, 0.0f, BtG, n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r, n, 1.0f, t->G, n, Va, n, 0.0f, GAt, r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, -1.0f, Ub, r, BtG, n, 1.0f, R, n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, -1.0f, GAt, r, Va, n, 1.0f, R, n);
+    double e2 = 0;
+    for (size_t i = 0; i < (size_t)m * n; i++) e2 += (double)R[i] * R[i];
+    *align = g2 > 0 ? sqrt(e2 / g2) : 0;
+    free(Ub), free(Va), free(R), free(BtG), free(GAt);
+}
+
+static int init_target(ga_target *t, int index, const lg_ga_opts *o, lg_ga_report *rep, FILE *diag) {
     int r = t->lo->r, r2 = 2 * r;
     if (r2 > LG_MIN(t->m, t->n))
         return lg_errorf("%s: rank %d needs 2r = %d singular vectors but the layer is %d x %d", t->lo->lin->name, r,
@@ -414,6 +453,20 @@ static int init_target(ga_target *t, int index, const lg_ga_opts *o) {
                   : factorise_sketch(t, r2, U, S, V);
     if (rc) lg_errorf_prefix("%s", t->lo->lin->name);
     else set_factors(t, U, S, V, o);
+    if (!rc) {
+        double cap, al;
+        diagnose(t, S, r2, &cap, &al);
+        rep->captured_mean += cap; /* divided by the count at the end */
+        rep->align_err_mean += al;
+        rep->captured_min = index == 0 ? cap : fmin(rep->captured_min, cap);
+        rep->align_err_max = fmax(rep->align_err_max, al);
+        if (diag) {
+            fprintf(diag, "{\"module\": \"%s\", \"m\": %d, \"n\": %d, \"captured\": %.6f, \"align_err\": %.6f, "
+                          "\"sigma\": [", t->lo->lin->name, t->m, t->n, cap, al);
+            for (int i = 0; i < r2; i++) fprintf(diag, "%s%.6g", i ? ", " : "", S[i]);
+            fprintf(diag, "]}\n");
+        }
+    }
     free(U), free(S), free(V);
     return rc;
 }
@@ -434,6 +487,11 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
     int sketch = o->mode == LG_GA_SKETCH, rc = 0;
     int k = o->sketch_k > 0 ? o->sketch_k : 8 * t[0].lo->r;
     lg_model_set_trainable(m, want_none, NULL); /* the hooks see dy and x: no dW buffers at all */
+    FILE *diag = NULL;
+    if (o->diag_path && !(diag = fopen(o->diag_path, "w"))) {
+        free(t);
+        return lg_errorf("%s: cannot create the diagnostics file", o->diag_path);
+    }
     double t0 = lg_now();
     uint64_t sum = 0;
     char csum[32] = "";
@@ -475,7 +533,7 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
             }
             rep->estimate_seconds = lg_now() - t0;
             double t1 = lg_now();
-            if (!rc) rc = init_target(&t[i], i, o);
+            if (!rc) rc = init_target(&t[i], i, o, rep, diag);
             rep->factorise_seconds += lg_now() - t1;
             report(o, "factorise", i + 1, nt);
             free_target(&t[i]);
@@ -556,7 +614,7 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
                 if (!rc && sketch) rc = lg_st_writer_put(cw, t[i].Z);
             }
             double tf = lg_now();
-            if (!rc) rc = init_target(&t[i], i, o);
+            if (!rc) rc = init_target(&t[i], i, o, rep, diag);
             rep->factorise_seconds += lg_now() - tf;
             report(o, "factorise", i + 1, nt);
             free_target(&t[i]);
@@ -571,10 +629,14 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
     }
 done:
     for (int i = 0; i < nt; i++) apply_init(t[i].lo);
+    rep->captured_mean /= nt;
+    rep->align_err_mean /= nt;
+    if (diag) fclose(diag);
     lg_st_close(cache);
     free(t);
     return 0;
 fail:
+    if (diag) fclose(diag);
     if (cw) lg_st_writer_abort(cw);
     if (cache) lg_st_close(cache);
     for (int i = 0; i < nt; i++) free_target(&t[i]);

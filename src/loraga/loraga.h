@@ -45,6 +45,7 @@ typedef struct {
     lg_ga_variant variant;
     const char *cache_path; /* NULL: no cache */
     uint64_t seed;          /* randomised SVD / sketches / "random" direction */
+    const char *diag_path;  /* per-target diagnostics as JSON lines (NULL: none) */
     /* progress: phase "estimate" or "factorise", done of total */
     void (*progress)(const char *phase, long done, long total, void *ud);
     void *progress_ud;
@@ -63,6 +64,13 @@ typedef struct {
     size_t extra_bytes;     /* peak bytes held for gradients / sketches */
     int from_cache;
     double mean_loss;       /* mean estimation-batch loss */
+    /* Diagnostics over the targets: captured = sum_{i<2r} sigma_i^2 / ||G||_F^2, the share of the
+     * gradient the top 2r directions hold; align_err = ||G - (P_B G + G P_A)||_F / ||G||_F with
+     * P_B, P_A the projections onto B0's columns and A0's rows, i.e. how far LoRA's first step is
+     * from full fine-tuning's (sqrt(1 - captured) when the factorisation is exact). In sketch
+     * mode G is never formed: ||G||_F^2 is estimated as ||Psi G||_F^2 / l and align_err as
+     * sqrt(1 - captured). */
+    double captured_mean, captured_min, align_err_mean, align_err_max;
 } lg_ga_report;
 
 /* Run LoRA-GA on every adapter of `a` (attached with LG_INIT_NONE): estimate, factorise,
