@@ -16,6 +16,8 @@
 #include "core/util.h"
 #include "loraga/loraga.h"
 #include "model/model.h"
+#include "data/data.h"
+#include "tokenizer/tokenizer.h"
 #include "train/train.h"
 
 /* ---- fixtures ------------------------------------------------------------------------------ */
@@ -715,6 +717,118 @@ static void test_first_step_error_is_second_order(void **state) {
     lg_model_free(base);
 }
 
+/* ---- the real stories260K ------------------------------------------------------------------- */
+
+typedef struct {
+    lg_dataset *d;
+    int B;
+} real_src;
+
+static int real_next(void *ud, int split, long index, lg_batch *b) {
+    real_src *r = ud;
+    return lg_dataset_fill_batch(r->d, split, index * r->B, b) < 0 ? -1 : 0;
+}
+
+/* True first-step alignment error of an adapter's A0/B0 against G. */
+static double true_align(const lg_lora *lo, const float *G) {
+    int m = lo->out, n = lo->in, r = lo->r;
+    double e2 = 0, g2 = 0;
+    double *ub = malloc((size_t)m * r * sizeof(double)), *va = malloc((size_t)r * n * sizeof(double));
+    for (int j = 0; j < r; j++) {
+        double nb = 0, na = 0;
+        for (int i = 0; i < m; i++) nb += (double)lo->B0[i * r + j] * lo->B0[i * r + j];
+        for (int i = 0; i < n; i++) na += (double)lo->A0[j * n + i] * lo->A0[j * n + i];
+        for (int i = 0; i < m; i++) ub[i * r + j] = lo->B0[i * r + j] / sqrt(nb);
+        for (int i = 0; i < n; i++) va[j * n + i] = lo->A0[j * n + i] / sqrt(na);
+    }
+    double *btg = calloc((size_t)r * n, sizeof(double)), *gat = calloc((size_t)m * r, sizeof(double));
+    for (int t = 0; t < r; t++)
+        for (int q = 0; q < m; q++)
+            for (int j = 0; j < n; j++) btg[t * n + j] += ub[q * r + t] * G[(size_t)q * n + j];
+    for (int i = 0; i < m; i++)
+        for (int t = 0; t < r; t++)
+            for (int q = 0; q < n; q++) gat[i * r + t] += G[(size_t)i * n + q] * va[t * n + q];
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double v = G[(size_t)i * n + j];
+            g2 += v * v;
+            for (int t = 0; t < r; t++) v -= ub[i * r + t] * btg[t * n + j] + gat[i * r + t] * va[t * n + j];
+            e2 += v * v;
+        }
+    free(ub), free(va), free(btg), free(gat);
+    return sqrt(e2 / g2);
+}
+
+static void test_real_stories260k_three_modes(void **state) {
+    (void)state;
+    LG_REQUIRE_SHARED(mpath, "llama2c_stories260K/stories260K.bin");
+    LG_REQUIRE_SHARED(tpath, "llama2c_stories260K/tok512.bin");
+    LG_REQUIRE_SHARED(dpath, "tinystories_subset/validation_100.txt");
+    lg_tokenizer *tok;
+    assert_int_equal(lg_tokenizer_load(tpath, &tok), 0);
+    lg_data_opts dop = {0};
+    dop.max_len = 64;
+    dop.add_bos = 1;
+    lg_dataset *d;
+    assert_int_equal(lg_dataset_load(dpath, tok, &dop, &d), 0);
+    real_src src = {d, 2};
+    const int N = 8, r = 4;
+    /* reference G of every target through the model's own dW path */
+    lg_model *ref;
+    assert_int_equal(lg_model_load(mpath, &ref), 0);
+    lg_model_set_trainable(ref, NULL, NULL);
+    lg_model_zero_grads(ref);
+    lg_model_plan(ref, 2, 64, 1);
+    lg_batch b = {2, 64, calloc(128, sizeof(int)), calloc(128, sizeof(int)), calloc(128, sizeof(float))};
+    for (int i = 0; i < N; i++) {
+        real_next(&src, LG_SPLIT_TRAIN_FILE, i, &b);
+        double w;
+        lg_model_forward(ref, &b, &w);
+        lg_model_backward(ref, &b, (float)(1.0 / (w * N)));
+    }
+    lg_model *mm[3];
+    lg_adapters *aa[3];
+    lg_ga_report rep[3];
+    lg_ga_mode modes[3] = {LG_GA_ALL, LG_GA_SERIAL, LG_GA_SKETCH};
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(lg_model_load(mpath, &mm[k]), 0);
+        lg_lora_opts lo = lora_opts(r);
+        lo.use_rslora = 1;
+        assert_int_equal(lg_adapters_attach(mm[k], &lo, &aa[k]), 0);
+        lg_model_set_trainable(mm[k], want_none, NULL);
+        lg_ga_opts go = ga_opts(modes[k], N, 2, 64);
+        go.mem_budget = 3 * 64 * 172 * 4;
+        if (lg_loraga_init(mm[k], aa[k], &go, real_next, &src, &rep[k]) != 0) fail_msg("%s", lg_last_error());
+    }
+    double al[3] = {0, 0, 0};
+    int nt = lg_adapters_count(aa[0]);
+    for (int i = 0; i < nt; i++) {
+        lg_lora *x = lg_adapters_get(aa[0], i), *y = lg_adapters_get(aa[1], i);
+        assert_memory_equal(x->A0, y->A0, (size_t)r * x->in * 4); /* serial == all */
+        assert_memory_equal(x->B0, y->B0, (size_t)x->out * r * 4);
+        char wname[160];
+        snprintf(wname, sizeof wname, "%s.weight", x->lin->name);
+        const float *G = lg_model_find_param(ref, wname)->grad;
+        for (int k = 0; k < 3; k++) al[k] += true_align(lg_adapters_get(aa[k], i), G) / nt;
+    }
+    print_message("stories260K, %d targets, r %d: mean first-step alignment error all %.4f, serial %.4f, sketch "
+                  "(k = 8r) %.4f; passes %d/%d/%d; bytes held %zu/%zu/%zu\n",
+                  nt, r, al[0], al[1], al[2], rep[0].passes, rep[1].passes, rep[2].passes, rep[0].extra_bytes,
+                  rep[1].extra_bytes, rep[2].extra_bytes);
+    assert_float_equal(al[0], rep[0].align_err_mean, 1e-3); /* the diagnostics report the truth */
+    assert_true(rep[1].passes > 1);
+    assert_true(al[2] <= al[0] * 1.05); /* sketch within 5 % of the exact modes */
+    for (int k = 0; k < 3; k++) {
+        lg_adapters_free(aa[k]);
+        lg_model_free(mm[k]);
+    }
+    free(b.inputs), free(b.targets), free(b.weight);
+    lg_model_free(ref);
+    lg_dataset_free(d);
+    lg_tokenizer_free(tok);
+    free(mpath), free(tpath), free(dpath);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_svd_randomised_matches_spectrum),
@@ -730,6 +844,7 @@ int main(void) {
         cmocka_unit_test(test_export_relative_to_original),
         cmocka_unit_test(test_export_with_dora),
         cmocka_unit_test(test_first_step_error_is_second_order),
+        cmocka_unit_test(test_real_stories260k_three_modes),
     };
     return cmocka_run_group_tests_name("loraga", tests, NULL, NULL);
 }

@@ -22,7 +22,8 @@
 typedef enum {
     LG_GA_ALL = 0,    /* every G held at once: extra memory = the targets' size in fp32 */
     LG_GA_SERIAL = 1, /* groups of targets that fit mem_budget, one pass over the batches per group */
-    LG_GA_SKETCH = 2  /* one pass keeping randomised sketches Y = G·Omega, Z = Psi·G (Tropp et al. 2017) */
+    LG_GA_SKETCH = 2  /* one pass keeping randomised sketches Y = G·Omega (m x k), Z = Psi·G ((4k+1) x n)
+                       * (Tropp et al. 2017); Omega, Psi are random signs regenerated from the seed */
 } lg_ga_mode;
 
 typedef enum { LG_GA_ARB2R = 0, LG_GA_A2RBR = 1, LG_GA_ARBR = 2, LG_GA_RANDOM = 3 } lg_ga_direction;
@@ -38,7 +39,7 @@ typedef struct {
     int seq_len;            /* tokens per sequence */
     lg_ga_mode mode;
     size_t mem_budget;      /* serial: bytes of gradient held at once */
-    int sketch_k;           /* sketch width k (default 8r); the co-range sketch has 2k+1 rows */
+    int sketch_k;           /* sketch width k (default 8r); the co-range sketch has 4k+1 rows */
     lg_ga_direction direction;
     lg_ga_scale scale;
     float gamma;            /* stable scale, default 16 */
