@@ -1,4 +1,6 @@
 /* cmd_train.c — `loraga train`: full fine-tuning, the LoRA family and LoRA-GA on JSONL / text. */
+#include <cjson/cJSON.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 #include "loraga/loraga.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
+#include "train/checkpoint.h"
 #include "train/train.h"
 
 static const char *USAGE =
@@ -65,10 +68,13 @@ int cmd_train(int argc, char **argv) {
                *dtype = NULL, *targets = NULL, *init = NULL;
     const char *ga_mode = "all", *ga_dir = "ArB2r", *ga_scale = "stable", *ga_variant = "paper", *ga_cache = NULL;
     int seed = 42, pack = 0, skip_bad = 0, rank = 8, use_rslora = 0, use_dora = 0, save_init = 0;
-    float val_frac = 0.0f, alpha = 16.0f, dropout = 0.0f, loraplus = 16.0f, ga_gamma = 16.0f;
+    float val_frac = 0.0f, alpha = 16.0f, dropout = 0.0f, loraplus = 0.0f, ga_gamma = 16.0f;
     int ga_batches = 64, ga_bs = 2, ga_k = 0, target_r = 4, tinit = -1, tfinal = -1, delta_t = 1;
     float orth_reg = 0.5f;
     size_t ga_mem = (size_t)1 << 30;
+    /* checkpoint / resume / recomputation */
+    const char *resume = NULL;
+    int save_every = 0, stop_after = 0, recompute = 0;
     lg_train_opts o;
     lg_train_opts_default(&o);
     int steps = (int)o.steps, warmup = 0;
@@ -104,7 +110,8 @@ int cmd_train(int argc, char **argv) {
         {"--init", LG_OPT_STR, &init, "LoRA init: kaiming (PEFT default) or gaussian"},
         {"--rslora", LG_OPT_FLAG, &use_rslora, "scale alpha/sqrt(r) instead of alpha/r"},
         {"--dora", LG_OPT_FLAG, &use_dora, "weight-decomposed adapters (DoRA); composes with lora-ga"},
-        {"--loraplus-ratio", LG_OPT_FLOAT, &loraplus, "LoRA+: lr of B = ratio x lr of A (default 16; method loraplus)"},
+        {"--loraplus-ratio", LG_OPT_FLOAT, &loraplus,
+         "LoRA+: lr of B = ratio x lr of A (method loraplus: default 16; composes with lora-ga, dora...)"},
         {"--target-r", LG_OPT_INT, &target_r, "AdaLoRA: average rank kept at the end (default 4)"},
         {"--tinit", LG_OPT_INT, &tinit, "AdaLoRA: steps before pruning starts (default 10% of steps)"},
         {"--tfinal", LG_OPT_INT, &tfinal, "AdaLoRA: final steps at the target budget (default 20% of steps)"},
@@ -122,10 +129,32 @@ int cmd_train(int argc, char **argv) {
         {"--ga-variant", LG_OPT_STR, &ga_variant, "paper (default) | peft (B0 scaled by singular values, as PEFT)"},
         {"--ga-cache", LG_OPT_STR, &ga_cache, "LoRA-GA gradient cache file (reused when it matches)"},
         {"--save-init", LG_OPT_FLAG, &save_init, "also write RUNDIR/init_lora_checkpoint/ (the adapter as initialised)"},
+        {"--save-every", LG_OPT_INT, &save_every, "write RUNDIR/checkpoint every N updates and at the end (atomic)"},
+        {"--resume", LG_OPT_STR, &resume,
+         "continue from RUNDIR (or RUNDIR/checkpoint) to --steps, with the same options; --out defaults to RUNDIR"},
+        {"--stop-after", LG_OPT_INT, &stop_after, "stop after update N with a checkpoint (continue with --resume)"},
+        {"--recompute", LG_OPT_FLAG, &recompute, "recompute each layer's activations in backward (less memory)"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
     if (pr) return pr > 0 ? 0 : 2;
+    char *ck_dir = NULL, *ck_run = NULL, *ck_out = NULL;
+    if (resume) {
+        if (lg_ckpt_resolve(resume, &ck_dir, &ck_run) != 0) return lg_cli_fail();
+        if (!out) out = ck_run;
+        if (save_init) {
+            lg_errorf("--save-init: not with --resume (the first run wrote it; A0, B0 are in the checkpoint)");
+            free(ck_dir), free(ck_run);
+            return lg_cli_fail();
+        }
+    }
+    if (save_every < 0 || stop_after < 0) {
+        lg_errorf("--save-every and --stop-after must be >= 0");
+        free(ck_dir), free(ck_run);
+        return lg_cli_fail();
+    }
+    const int ckpt = resume || save_every > 0 || stop_after > 0; /* RUNDIR/checkpoint is live */
     if (!model || !data || !out) {
+        free(ck_dir), free(ck_run);
         fprintf(stderr, "loraga train: --model, --data and --out are required (see --help)\n");
         return 2;
     }
@@ -164,7 +193,18 @@ int cmd_train(int argc, char **argv) {
     lg_opt_tensor *ot = NULL;
     char *tmp = NULL, *metrics = NULL;
     int rc = 1, nt = 0;
+    lg_ckpt_spec spec = {0};
+    cJSON *cfg = ckpt ? cJSON_CreateObject() : NULL; /* what a resume must match */
     if (lg_model_load(model, &m) != 0) goto done;
+    if (cfg) { /* identities, taken before any init offsets the weights */
+        uint64_t id;
+        char hx[17];
+        snprintf(hx, sizeof hx, "%016" PRIx64, lg_ckpt_model_id(m));
+        cJSON_AddStringToObject(cfg, "base model checksum", hx);
+        if (lg_ckpt_file_id(data, &id) != 0) goto done;
+        snprintf(hx, sizeof hx, "%016" PRIx64, id);
+        cJSON_AddStringToObject(cfg, "data checksum", hx);
+    }
     const lg_config *c = lg_model_config(m);
     if (o.seq_len > c->max_seq) {
         lg_errorf("--seq-len %d exceeds the model's maximum length %d", o.seq_len, c->max_seq);
@@ -194,7 +234,17 @@ int cmd_train(int argc, char **argv) {
     if (nval == 0) o.val_batches = 0;
     fprintf(stderr, "model %s: %lld parameters; data %s: %d training rows, %d validation rows\n", model,
             (long long)lg_model_numel(m), data, lg_dataset_count(d, LG_SPLIT_TRAIN), nval);
-    if (!(tmp = lg_outdir_begin(out))) goto done;
+    if (!(tmp = ckpt ? lg_ckpt_outdir_begin(out, ck_dir) : lg_outdir_begin(out))) goto done;
+    if (cfg) {
+        cJSON_AddStringToObject(cfg, "--method", method);
+        cJSON_AddNumberToObject(cfg, "--seed", seed);
+        cJSON_AddNumberToObject(cfg, "--val-frac", lg_ckpt_float(val_frac));
+        cJSON_AddBoolToObject(cfg, "--pack", pack);
+        cJSON_AddBoolToObject(cfg, "--skip-bad", skip_bad);
+        cJSON_AddNumberToObject(cfg, "training rows", lg_dataset_count(d, LG_SPLIT_TRAIN));
+        cJSON_AddNumberToObject(cfg, "validation rows", nval);
+        ck_out = lg_path_join(out, "checkpoint");
+    }
     batch_src src = {d, o.batch_size, ga_bs, lg_dataset_count(d, LG_SPLIT_TRAIN)};
 
     if (full) { /* every parameter trains */
@@ -226,7 +276,7 @@ int cmd_train(int argc, char **argv) {
             lg_errorf("--init %s: expected kaiming or gaussian", init);
             goto done;
         }
-        if (mi == 5) lo.init = LG_INIT_PISSA;
+        if (mi == 5) lo.init = resume ? LG_INIT_NONE : LG_INIT_PISSA; /* a resume restores W_res, A0, B0 */
         if (is_ga) lo.init = LG_INIT_NONE;
         if (mi == 6) {
             lo.init = LG_INIT_ADALORA;
@@ -239,7 +289,37 @@ int cmd_train(int argc, char **argv) {
             lo.orth_reg = orth_reg;
         }
         if (lg_adapters_attach(m, &lo, &ad) != 0) goto done;
-        if (is_ga) {
+        if (cfg) {
+            cJSON_AddNumberToObject(cfg, "--rank", lo.r);
+            cJSON_AddNumberToObject(cfg, "--alpha", lg_ckpt_float(lo.alpha));
+            cJSON_AddNumberToObject(cfg, "--dropout", lg_ckpt_float(lo.dropout));
+            cJSON_AddStringToObject(cfg, "--targets", lo.targets);
+            cJSON_AddBoolToObject(cfg, "--rslora", lo.use_rslora);
+            cJSON_AddBoolToObject(cfg, "--dora", lo.use_dora);
+            cJSON_AddStringToObject(cfg, "--init", init ? init : "kaiming");
+            if (mi == 3) cJSON_AddNumberToObject(cfg, "--loraplus-ratio", lg_ckpt_float(loraplus));
+            if (mi == 6) { /* the rank-budget schedule depends on the total */
+                cJSON_AddNumberToObject(cfg, "--steps", (double)lo.total_steps);
+                cJSON_AddNumberToObject(cfg, "--target-r", lo.target_r);
+                cJSON_AddNumberToObject(cfg, "--tinit", (double)lo.tinit);
+                cJSON_AddNumberToObject(cfg, "--tfinal", (double)lo.tfinal);
+                cJSON_AddNumberToObject(cfg, "--delta-t", (double)lo.delta_t);
+                cJSON_AddNumberToObject(cfg, "--orth-reg", lg_ckpt_float(lo.orth_reg));
+            }
+            if (is_ga) {
+                cJSON_AddNumberToObject(cfg, "--ga-batches", ga_batches);
+                cJSON_AddNumberToObject(cfg, "--ga-batch-size", ga_bs);
+                cJSON_AddStringToObject(cfg, "--ga-mode", ga_mode);
+                cJSON_AddNumberToObject(cfg, "--ga-sketch-k", ga_k);
+                cJSON_AddStringToObject(cfg, "--ga-direction", ga_dir);
+                cJSON_AddStringToObject(cfg, "--ga-scale", ga_scale);
+                cJSON_AddNumberToObject(cfg, "--ga-gamma", lg_ckpt_float(ga_gamma));
+                cJSON_AddStringToObject(cfg, "--ga-variant", ga_variant);
+            }
+        }
+        if (is_ga && resume) {
+            fprintf(stderr, "LoRA-GA: resuming; the initialisation (A0, B0, offset W) comes from the checkpoint\n");
+        } else if (is_ga) {
             go.batches = ga_batches;
             go.batch_size = ga_bs;
             go.seq_len = o.seq_len;
@@ -249,12 +329,20 @@ int cmd_train(int argc, char **argv) {
             go.cache_path = ga_cache;
             go.seed = (uint64_t)seed;
             go.progress = ga_progress;
+            char *diag = lg_path_join(tmp, "loraga_diagnostics.jsonl");
+            go.diag_path = diag;
             lg_ga_report rep;
-            if (lg_loraga_init(m, ad, &go, next_batch, &src, &rep) != 0) goto done;
+            int grc = lg_loraga_init(m, ad, &go, next_batch, &src, &rep);
+            free(diag);
+            if (grc != 0) goto done;
             fprintf(stderr,
                     "LoRA-GA: %s; estimation %.1fs (%d pass%s, %.1f MB held), factorisation %.1fs, mean loss %.4f\n",
                     rep.from_cache ? "gradient from cache" : "gradient estimated", rep.estimate_seconds, rep.passes,
                     rep.passes == 1 ? "" : "es", rep.extra_bytes / 1048576.0, rep.factorise_seconds, rep.mean_loss);
+            fprintf(stderr,
+                    "LoRA-GA: top-2r directions hold %.1f%% of ||G||^2 on average (min %.1f%%); first-step "
+                    "alignment error %.3f on average (max %.3f); per layer in loraga_diagnostics.jsonl\n",
+                    100 * rep.captured_mean, 100 * rep.captured_min, rep.align_err_mean, rep.align_err_max);
         }
         if (save_init) {
             char *idir = lg_path_join(tmp, "init_lora_checkpoint");
@@ -262,19 +350,41 @@ int cmd_train(int argc, char **argv) {
             free(idir);
             if (src_rc) goto done;
         }
-        if (lg_adapters_opt_tensors(ad, mi == 3 ? loraplus : 1.0f, &ot, &nt) != 0) goto done;
+        float ratio = loraplus > 0 ? loraplus : mi == 3 ? 16.0f : 1.0f;
+        if (lg_adapters_opt_tensors(ad, ratio, &ot, &nt) != 0) goto done;
         if (mi == 6) {
             o.after_backward = adalora_hook;
             o.after_backward_ud = ad;
         }
+        if (ckpt) lg_ckpt_adapter_spec(ad, mi == 5 || is_ga, &spec);
         fprintf(stderr, "%s: %d adapted layers, %lld trainable parameters\n", method, lg_adapters_count(ad),
                 (long long)lg_adapters_numel(ad));
     }
     metrics = lg_path_join(tmp, "metrics.jsonl");
     o.metrics_path = metrics;
     o.on_progress = lg_progress_print;
+    o.recompute = recompute;
+    char *cfg_txt = NULL;
+    if (ckpt) {
+        cfg_txt = cJSON_PrintUnformatted(cfg);
+        spec.config_json = cfg_txt;
+        o.ckpt = &spec;
+        o.ckpt_dir = ck_out;
+        o.save_every = save_every;
+        o.stop_after = stop_after;
+        o.resume_dir = ck_dir;
+    }
     lg_train_result res;
-    if (lg_train(m, ot, nt, &o, next_batch, &src, &res) != 0) goto done;
+    int trc = lg_train(m, ot, nt, &o, next_batch, &src, &res);
+    free(cfg_txt);
+    if (trc != 0) goto done;
+    if (res.resumed_from) fprintf(stderr, "resumed from step %ld of %s\n", res.resumed_from, ck_dir);
+    if (res.stopped) {
+        fprintf(stderr, "stopped after step %ld (--stop-after) with a checkpoint in %s; continue with --resume %s\n",
+                res.steps_done, ck_out, out);
+        rc = 0;
+        goto done;
+    }
     fprintf(stderr, "trained %ld steps in %.1fs: loss %.4f -> %.4f", res.steps_done, res.elapsed, res.first_loss,
             res.last_loss);
     if (!isnan(res.last_val_loss)) fprintf(stderr, ", validation loss %.4f", res.last_val_loss);
@@ -288,7 +398,7 @@ int cmd_train(int argc, char **argv) {
     if (full ? (lg_model_save_hf(m, tmp, dtype) != 0 || lg_tokenizer_save_hf(t, tmp) != 0)
              : lg_adapters_save_peft(ad, tmp, model) != 0)
         goto done;
-    if (lg_outdir_commit(tmp, out) != 0) {
+    if ((ckpt ? lg_ckpt_outdir_commit(tmp, out) : lg_outdir_commit(tmp, out)) != 0) {
         tmp = NULL;
         goto done;
     }
@@ -298,7 +408,15 @@ int cmd_train(int argc, char **argv) {
     rc = 0;
 done:
     if (rc) lg_cli_fail();
-    lg_outdir_abort(tmp);
+    if (ckpt && tmp) {
+        lg_outdir_abort(tmp);
+        rmdir(out); /* only when empty: no checkpoint was written */
+    } else {
+        lg_outdir_abort(tmp);
+    }
+    lg_ckpt_spec_free(&spec);
+    cJSON_Delete(cfg);
+    free(ck_dir), free(ck_run), free(ck_out);
     free(metrics);
     free(ot);
     lg_adapters_free(ad);

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "adapters/adapter.h"
+#include "adapters/lora.h" /* drop_calls: replaying dropout masks under recomputation */
 #include "core/util.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -190,6 +191,7 @@ void lg_model_free(lg_model *m) {
     lg_aligned_free(m->grad_mem);
     lg_aligned_free(m->act_mem);
     free(m->acts);
+    free(m->drop_snap);
     free(m->params);
     free(m->layers);
     free(m->linears);
@@ -254,7 +256,10 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     int64_t per_layer = R(N * C) * 4 /* x xn1 xmid xn2 */ + R(N) * 4 +
                         (gpt2 ? R(N * 3 * C) : R(N * qd) + 2 * R(N * kvd)) + R(B * H * T * T) + R(N * qd) +
                         (gpt2 ? R(N * F) * 2 : R(N * F) * 3);
-    int64_t layers_total = training ? L * per_layer : per_layer; /* inference: one layer reused */
+    /* inference: one layer's buffers reused; recompute: every layer's input x plus one shared set
+     * of the other activations, refilled per layer in backward */
+    const int recompute = training == LG_PLAN_RECOMPUTE;
+    int64_t layers_total = !training ? per_layer : recompute ? (L - 1) * R(N * C) + per_layer : L * per_layer;
     int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(N * V);
     int64_t grads = training ? R(N * C) * 3 + R(N * wide) * 6 + R(N * F) * 3 : 0;
     int64_t total = layers_total + rest + grads;
@@ -270,6 +275,11 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
         layer_acts *a = &m->acts[l];
         if (!training && l > 0) {
             *a = m->acts[0];
+            continue;
+        }
+        if (recompute && l > 0) {
+            *a = m->acts[0];
+            a->x = TAKE(N * C);
             continue;
         }
         a->x = TAKE(N * C);
@@ -323,6 +333,9 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     }
 #undef TAKE
 #undef R
+    if (recompute && !m->drop_snap) /* 7 linear layers a block at most */
+        m->drop_snap = lg_calloc((size_t)L * 7, sizeof(uint64_t));
+    m->act_floats = total;
     m->B = B;
     m->T = T;
     m->training = training;
@@ -365,11 +378,83 @@ static void norm_bwd(lg_model *m, float *dx, const float *dout, const float *x, 
 /* ------------------------------------------------------------------------------------------ */
 /* forward                                                                                    */
 
+/* The linear layers of one block, in forward order. */
+static int block_linears(const lg_model *m, lg_layer *y, lg_linear **out) {
+    int k = 0;
+    if (m->cfg.arch == LG_ARCH_GPT2) {
+        out[k++] = &y->qkv, out[k++] = &y->o, out[k++] = &y->up, out[k++] = &y->down;
+    } else {
+        out[k++] = &y->q, out[k++] = &y->k, out[k++] = &y->v, out[k++] = &y->o;
+        out[k++] = &y->gate, out[k++] = &y->up, out[k++] = &y->down;
+    }
+    return k;
+}
+
+/* The LoRA family draws a fresh dropout mask per training forward from a call counter; replaying
+ * a block in backward must see the same masks, so the counters are noted before the block's
+ * first forward and rewound before the replay -- except the down projection's, which the replay
+ * does not run (its adapter still holds its forward state). NULL: no such counter. */
+static uint64_t *drop_counter(lg_linear *l) {
+    if (!l->adapter) return NULL;
+    const char *k = l->adapter->vt->kind;
+    if (strcmp(k, "lora") && strcmp(k, "dora") && strcmp(k, "adalora")) return NULL;
+    return &((lg_lora *)l->adapter)->drop_calls; /* lg_lora starts with its lg_adapter header */
+}
+
+static void drop_counters(lg_model *m, int l, int restore) {
+    lg_linear *ls[7];
+    int n = block_linears(m, &m->layers[l], ls);
+    for (int i = 0; i < n; i++) {
+        uint64_t *c = ls[i] == &m->layers[l].down && restore ? NULL : drop_counter(ls[i]);
+        if (c && restore) *c = m->drop_snap[(size_t)l * 7 + i];
+        else if (c) m->drop_snap[(size_t)l * 7 + i] = *c;
+    }
+}
+
+/* Block l from its input acts[l].x; out (NULL: skip) receives the block's output. */
+static void block_fwd(lg_model *m, int l, int B, int T, float *out) {
+    const lg_config *c = &m->cfg;
+    const lg_ops *ops = m->ops;
+    int N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    int qd = H * hd, gpt2 = c->arch == LG_ARCH_GPT2;
+    lg_layer *y = &m->layers[l];
+    layer_acts *a = &m->acts[l];
+    norm_fwd(m, a->xn1, a->mean1, a->rstd1, a->x, y->norm1_w, y->norm1_b, N);
+    int ldq, ldkv;
+    if (gpt2) {
+        linear_fwd(m, &y->qkv, a->qkv, a->xn1, N);
+        ldq = ldkv = 3 * C;
+    } else {
+        linear_fwd(m, &y->q, a->q, a->xn1, N);
+        linear_fwd(m, &y->k, a->k, a->xn1, N);
+        linear_fwd(m, &y->v, a->v, a->xn1, N);
+        ops->rope_forward(a->q, a->q, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+        ops->rope_forward(a->k, a->k, KV * hd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+        ldq = qd;
+        ldkv = KV * hd;
+    }
+    ops->attention_forward(a->att, a->probs, a->q, ldq, a->k, ldkv, a->v, ldkv, B, T, H, KV, hd);
+    linear_fwd(m, &y->o, m->tmp, a->att, N);
+    for (long i = 0; i < (long)N * C; i++) a->xmid[i] = a->x[i] + m->tmp[i];
+    norm_fwd(m, a->xn2, a->mean2, a->rstd2, a->xmid, y->norm2_w, y->norm2_b, N);
+    if (gpt2) {
+        linear_fwd(m, &y->up, a->up, a->xn2, N);
+        ops->gelu_forward(a->h, a->up, (long)N * c->hidden_dim);
+    } else {
+        linear_fwd(m, &y->gate, a->gate, a->xn2, N);
+        linear_fwd(m, &y->up, a->up, a->xn2, N);
+        ops->swiglu_forward(a->h, a->gate, a->up, (long)N * c->hidden_dim);
+    }
+    if (!out) return; /* a replay in backward needs nothing past h */
+    linear_fwd(m, &y->down, m->tmp, a->h, N);
+    for (long i = 0; i < (long)N * C; i++) out[i] = a->xmid[i] + m->tmp[i];
+}
+
 float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     const lg_config *c = &m->cfg;
     const lg_ops *ops = m->ops;
-    int B = b->B, T = b->T, N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
-    int qd = H * hd, gpt2 = c->arch == LG_ARCH_GPT2;
+    int B = b->B, T = b->T, N = B * T, C = c->dim;
+    int gpt2 = c->arch == LG_ARCH_GPT2;
     if ((!m->act_mem || B != m->B || T != m->T) && lg_model_plan(m, B, T, m->act_mem ? m->training : 0) != 0) {
         if (wsum_out) *wsum_out = 0;
         return NAN; /* the message is in lg_last_error() */
@@ -380,39 +465,12 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     if (gpt2) ops->posemb_forward(x, m->wpe->data, B, T, C, 0);
 
     for (int l = 0; l < c->n_layers; l++) {
-        lg_layer *y = &m->layers[l];
         layer_acts *a = &m->acts[l];
         if (a->x != x) memcpy(a->x, x, (size_t)N * C * sizeof(float));
-        norm_fwd(m, a->xn1, a->mean1, a->rstd1, a->x, y->norm1_w, y->norm1_b, N);
-        int ldq, ldkv;
-        if (gpt2) {
-            linear_fwd(m, &y->qkv, a->qkv, a->xn1, N);
-            ldq = ldkv = 3 * C;
-        } else {
-            linear_fwd(m, &y->q, a->q, a->xn1, N);
-            linear_fwd(m, &y->k, a->k, a->xn1, N);
-            linear_fwd(m, &y->v, a->v, a->xn1, N);
-            ops->rope_forward(a->q, a->q, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
-            ops->rope_forward(a->k, a->k, KV * hd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
-            ldq = qd;
-            ldkv = KV * hd;
-        }
-        ops->attention_forward(a->att, a->probs, a->q, ldq, a->k, ldkv, a->v, ldkv, B, T, H, KV, hd);
-        linear_fwd(m, &y->o, m->tmp, a->att, N);
-        for (long i = 0; i < (long)N * C; i++) a->xmid[i] = a->x[i] + m->tmp[i];
-        norm_fwd(m, a->xn2, a->mean2, a->rstd2, a->xmid, y->norm2_w, y->norm2_b, N);
-        if (gpt2) {
-            linear_fwd(m, &y->up, a->up, a->xn2, N);
-            ops->gelu_forward(a->h, a->up, (long)N * c->hidden_dim);
-        } else {
-            linear_fwd(m, &y->gate, a->gate, a->xn2, N);
-            linear_fwd(m, &y->up, a->up, a->xn2, N);
-            ops->swiglu_forward(a->h, a->gate, a->up, (long)N * c->hidden_dim);
-        }
-        linear_fwd(m, &y->down, m->tmp, a->h, N);
+        if (m->training == LG_PLAN_RECOMPUTE) drop_counters(m, l, 0);
         float *next = (l + 1 < c->n_layers) ? m->acts[l + 1].x : m->x_final;
         if (next == a->x) next = m->x_final; /* inference plan: one layer buffer reused */
-        for (long i = 0; i < (long)N * C; i++) next[i] = a->xmid[i] + m->tmp[i];
+        block_fwd(m, l, B, T, next);
         x = next;
     }
     if (x != m->x_final) memcpy(m->x_final, x, (size_t)N * C * sizeof(float));
@@ -428,6 +486,8 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
 }
 
 const float *lg_model_logits(const lg_model *m) { return m->logits; }
+
+int64_t lg_model_activation_bytes(const lg_model *m) { return m->act_floats * (int64_t)sizeof(float); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* backward                                                                                   */
@@ -450,6 +510,12 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
     for (int l = c->n_layers - 1; l >= 0; l--) {
         lg_layer *y = &m->layers[l];
         layer_acts *a = &m->acts[l];
+        /* Recomputation: the shared buffers still hold the last block from the forward; the
+         * others are replayed from their saved input, with the forward's dropout masks. */
+        if (m->training == LG_PLAN_RECOMPUTE && l < c->n_layers - 1) {
+            drop_counters(m, l, 1);
+            block_fwd(m, l, B, T, NULL);
+        }
         /* MLP: x' = xmid + down(h); dres is d x' and becomes d xmid */
         memset(m->dh, 0, NF);
         linear_bwd(m, &y->down, m->dh, m->dres, a->h, N);

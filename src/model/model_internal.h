@@ -5,6 +5,11 @@
 
 #include "model/model.h"
 
+/* lg_model_plan's `training` value for activation recomputation (also declared in train.h). */
+#ifndef LG_PLAN_RECOMPUTE
+#define LG_PLAN_RECOMPUTE 2
+#endif
+
 /* What one layer keeps for backward (pointers into the activation arena). */
 typedef struct {
     float *x;       /* (N, C) block input (residual stream) */
@@ -35,8 +40,11 @@ struct lg_model {
     int nlin;
     lg_linear **linears;
     float *rope_cos, *rope_sin;
-    /* activation plan */
+    /* activation plan; training: 0 inference, 1 keep every layer's activations for backward,
+     * LG_PLAN_RECOMPUTE keep only each layer's input and recompute the layer in backward */
     int B, T, training;
+    int64_t act_floats; /* floats the current plan uses (<= act_cap) */
+    uint64_t *drop_snap; /* recompute: adapter dropout counters before each layer's forward (nlin) */
     float *act_mem;
     int64_t act_cap; /* floats in act_mem */
     layer_acts *acts;

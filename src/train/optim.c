@@ -45,14 +45,24 @@ void lg_adamw_step(lg_adamw *o, float lr) {
     }
 }
 
+/* Blocks whose size depends only on the tensor's length, summed in order: the norm (and so the
+ * clipping and every later bit of training) is the same whatever the thread count and however the
+ * threads finish, which an OpenMP reduction does not promise. */
+#define NORM_BLOCKS 1024
 double lg_grad_norm(const lg_opt_tensor *t, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) {
         const float *g = t[i].grad;
-        double si = 0;
-#pragma omp parallel for reduction(+ : si) if (t[i].n > 65536)
-        for (int64_t j = 0; j < t[i].n; j++) si += (double)g[j] * g[j];
-        s += si;
+        const int64_t len = t[i].n, bs = LG_MAX((int64_t)16384, (len + NORM_BLOCKS - 1) / NORM_BLOCKS);
+        const int nb = (int)((len + bs - 1) / bs);
+        double part[NORM_BLOCKS];
+#pragma omp parallel for schedule(static) if (nb > 1)
+        for (int k = 0; k < nb; k++) {
+            double acc = 0;
+            for (int64_t j = (int64_t)k * bs, e = LG_MIN(len, j + bs); j < e; j++) acc += (double)g[j] * g[j];
+            part[k] = acc;
+        }
+        for (int k = 0; k < nb; k++) s += part[k];
     }
     return sqrt(s);
 }
@@ -81,4 +91,10 @@ int lg_sched_parse(const char *s, lg_sched_kind *k) {
     else if (!strcmp(s, "cosine")) *k = LG_SCHED_COSINE;
     else return lg_errorf("unknown schedule '%s' (constant, linear, cosine)", s);
     return 0;
+}
+
+double lg_grad_clip(lg_opt_tensor *t, int n, float max_norm) {
+    double gn = lg_grad_norm(t, n);
+    if (max_norm > 0 && gn > max_norm) lg_grad_scale(t, n, (float)(max_norm / (gn + 1e-6)));
+    return gn;
 }

@@ -4,7 +4,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "core/util.h"
+#include "train/checkpoint.h"
 #include "train/train.h"
 
 void lg_train_opts_default(lg_train_opts *o) {
@@ -34,29 +37,78 @@ static void batch_free(lg_batch *b) {
     free(b->weight);
 }
 
-int lg_evaluate(lg_model *m, lg_batch_fn next, void *ud, int split, int nb, int B, int T, double *loss,
-                double *tokens) {
-    lg_batch b;
-    batch_alloc(&b, B, T);
+/* Evaluation runs on the inference plan: no dropout, no adapter counters advanced, so evaluating
+ * (or not) never changes the training that follows. */
+static int eval_batches(lg_model *m, lg_batch_fn next, void *ud, int split, int nb, lg_batch *b, double *loss,
+                        double *tokens) {
+    if (lg_model_plan(m, b->B, b->T, 0) != 0) return -1;
     double sum = 0, wsum = 0;
-    int rc = 0;
     for (int i = 0; i < nb; i++) {
-        if (next(ud, split, i, &b) != 0) {
-            rc = -1;
-            break;
-        }
+        if (next(ud, split, i, b) != 0) return -1;
         double w;
-        float l = lg_model_forward(m, &b, &w);
+        float l = lg_model_forward(m, b, &w);
         if (w > 0) {
             sum += (double)l * w;
             wsum += w;
         }
     }
-    batch_free(&b);
-    if (rc) return rc;
     *loss = wsum > 0 ? sum / wsum : NAN;
     if (tokens) *tokens = wsum;
     return 0;
+}
+
+int lg_evaluate(lg_model *m, lg_batch_fn next, void *ud, int split, int nb, int B, int T, double *loss,
+                double *tokens) {
+    lg_batch b;
+    batch_alloc(&b, B, T);
+    int rc = eval_batches(m, next, ud, split, nb, &b, loss, tokens);
+    batch_free(&b);
+    return rc;
+}
+
+static void add_if_absent(cJSON *j, const char *key, cJSON *v) {
+    if (cJSON_GetObjectItemCaseSensitive(j, key)) cJSON_Delete(v);
+    else cJSON_AddItemToObject(j, key, v);
+}
+
+/* The caller's resume-relevant options plus the loop's own. Everything that changes the sequence
+ * of updates is here; what does not (eval cadence, recomputation, threads) is not. */
+static char *loop_config(const lg_train_opts *o) {
+    const char *cj = o->ckpt && o->ckpt->config_json ? o->ckpt->config_json : "{}";
+    cJSON *j = cJSON_Parse(cj);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        lg_errorf("checkpoint options are not a JSON object: %.80s", cj);
+        return NULL;
+    }
+    static const char *const sched[] = {"constant", "linear", "cosine"};
+    add_if_absent(j, "--batch-size", cJSON_CreateNumber(o->batch_size));
+    add_if_absent(j, "--seq-len", cJSON_CreateNumber(o->seq_len));
+    add_if_absent(j, "--grad-accum", cJSON_CreateNumber(o->grad_accum));
+    add_if_absent(j, "--lr", cJSON_CreateNumber(lg_ckpt_float(o->lr)));
+    add_if_absent(j, "--schedule", cJSON_CreateString(sched[o->sched]));
+    add_if_absent(j, "--warmup", cJSON_CreateNumber((double)o->warmup));
+    /* a decaying schedule depends on the total; a constant one may be extended on resume */
+    if (o->sched != LG_SCHED_CONSTANT) add_if_absent(j, "--steps", cJSON_CreateNumber((double)o->steps));
+    add_if_absent(j, "--weight-decay", cJSON_CreateNumber(lg_ckpt_float(o->weight_decay)));
+    add_if_absent(j, "--clip", cJSON_CreateNumber(lg_ckpt_float(o->clip)));
+    add_if_absent(j, "adamw betas",
+                  cJSON_CreateDoubleArray((const double[]){lg_ckpt_float(o->beta1), lg_ckpt_float(o->beta2)}, 2));
+    add_if_absent(j, "adamw eps", cJSON_CreateNumber(lg_ckpt_float(o->eps)));
+    char *txt = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return txt;
+}
+
+/* Appends "; the last good checkpoint ..." to the current error message. */
+static void note_checkpoint(const lg_train_opts *o, const lg_train_result *res) {
+    if (!o->ckpt_dir) return;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", lg_last_error());
+    if (res->last_ckpt_step > 0)
+        lg_errorf("%s; the last good checkpoint (step %ld) is kept in %s", msg, res->last_ckpt_step, o->ckpt_dir);
+    else
+        lg_errorf("%s; no checkpoint had been written yet", msg);
 }
 
 int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_batch_fn next, void *ud,
@@ -65,19 +117,54 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
     res->first_loss = res->last_loss = res->last_val_loss = NAN;
     if (o->steps <= 0 || o->batch_size <= 0 || o->seq_len <= 1 || o->grad_accum <= 0)
         return lg_errorf("training needs steps, batch size, grad accumulation > 0 and seq len > 1");
-    if (lg_model_plan(m, o->batch_size, o->seq_len, 1) != 0) return -1;
+    if (o->save_every < 0 || o->stop_after < 0) return lg_errorf("save_every and stop_after must be >= 0");
+    const int mode = o->recompute ? LG_PLAN_RECOMPUTE : 1;
+    if (lg_model_plan(m, o->batch_size, o->seq_len, mode) != 0) return -1;
     lg_adamw opt;
     lg_adamw_init(&opt, t, n, o->beta1, o->beta2, o->eps);
     lg_batch b;
     batch_alloc(&b, o->batch_size, o->seq_len);
     FILE *mf = NULL;
-    if (o->metrics_path && !(mf = fopen(o->metrics_path, "w"))) {
-        lg_errorf("%s: cannot create metrics file", o->metrics_path);
-        goto fail;
+    char *cfg = NULL;
+    lg_ckpt *ck = NULL;
+    lg_ckpt_cache cache = {0};
+    long start = 0, bi = 0; /* bi: micro-batches consumed, the data position */
+    int in_loop = 0;
+    double elapsed0 = 0;
+    if ((o->ckpt_dir || o->resume_dir) && !(cfg = loop_config(o))) goto fail;
+    if (o->resume_dir) {
+        lg_ckpt_progress cp;
+        if (lg_ckpt_open(o->resume_dir, &ck) != 0 || lg_ckpt_check_config(ck, cfg) != 0) goto fail;
+        if (lg_ckpt_step(ck) >= o->steps) {
+            lg_errorf("resume from %s: the checkpoint is at step %ld; %ld steps leave nothing to train", o->resume_dir,
+                      lg_ckpt_step(ck), o->steps);
+            goto fail;
+        }
+        if (lg_ckpt_restore(ck, t, n, o->ckpt, &cp) != 0) goto fail;
+        start = cp.step;
+        bi = cp.micro_batches;
+        opt.step = cp.adam_step;
+        elapsed0 = cp.elapsed;
+        res->first_loss = cp.first_loss;
+        res->resumed_from = res->last_ckpt_step = res->steps_done = start;
     }
-    double t0 = lg_now();
-    long bi = 0;
-    for (long step = 0; step < o->steps; step++) {
+    if (o->metrics_path) {
+        if (!(mf = fopen(o->metrics_path, "w"))) {
+            lg_errorf("%s: cannot create metrics file", o->metrics_path);
+            goto fail;
+        }
+        size_t len;
+        const char *prev = ck ? lg_ckpt_metrics(ck, &len) : "";
+        if (ck && len && fwrite(prev, 1, len, mf) != len) {
+            lg_errorf("%s: write failed", o->metrics_path);
+            goto fail;
+        }
+    }
+    lg_ckpt_close(ck);
+    ck = NULL;
+    double t0 = lg_now() - elapsed0;
+    in_loop = 1;
+    for (long step = start; step < o->steps; step++) {
         double ts = lg_now();
         lg_grad_zero(t, n);
         /* parameters that are trainable but not in t (none today) would need zeroing too */
@@ -92,17 +179,17 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
                           step + 1, l);
                 goto fail;
             }
+            /* each micro-batch's mean loss weighs 1/grad_accum in the update */
             lg_model_backward(m, &b, (float)(1.0 / (w * o->grad_accum)));
             loss_sum += l;
         }
         float loss = (float)(loss_sum / o->grad_accum);
         if (o->after_backward && o->after_backward(step, o->after_backward_ud) != 0) goto fail;
-        double gn = lg_grad_norm(t, n);
+        double gn = lg_grad_clip(t, n, o->clip); /* the norm before clipping, as reported */
         if (!isfinite(gn)) {
             lg_errorf("step %ld: gradient norm is non-finite; stopping before the update", step + 1);
             goto fail;
         }
-        if (o->clip > 0 && gn > o->clip) lg_grad_scale(t, n, (float)(o->clip / (gn + 1e-6)));
         float lr = lg_lr_at(o->sched, o->lr, step, o->warmup, o->steps);
         lg_adamw_step(&opt, lr);
         double now = lg_now();
@@ -117,31 +204,46 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         if (step == 0) res->first_loss = loss;
         res->last_loss = loss;
         int last = step + 1 == o->steps;
+        int stop = !last && o->stop_after > 0 && step + 1 >= o->stop_after;
         if (o->val_batches > 0 && ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last)) {
             double vl;
-            if (lg_evaluate(m, next, ud, 1, o->val_batches, o->batch_size, o->seq_len, &vl, NULL) != 0) goto fail;
-            lg_model_plan(m, o->batch_size, o->seq_len, 1);
+            if (eval_batches(m, next, ud, 1, o->val_batches, &b, &vl, NULL) != 0) goto fail;
+            if (lg_model_plan(m, o->batch_size, o->seq_len, mode) != 0) goto fail;
             p.val_loss = (float)vl;
             res->last_val_loss = (float)vl;
         }
         if (mf) {
-            fprintf(mf, "{\"step\": %ld, \"loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+            /* %.9g: a float's exact value, so that resumed and straight runs compare bit for bit */
+            fprintf(mf, "{\"step\": %ld, \"loss\": %.9g, \"lr\": %.6g, \"grad_norm\": %.9g, \"tokens_per_s\": %.1f, "
                         "\"elapsed\": %.3f",
                     p.step, p.loss, p.lr, p.grad_norm, p.tokens_per_s, p.elapsed);
-            if (!isnan(p.val_loss)) fprintf(mf, ", \"val_loss\": %.6f", p.val_loss);
+            if (!isnan(p.val_loss)) fprintf(mf, ", \"val_loss\": %.9g", p.val_loss);
             fprintf(mf, "}\n");
             fflush(mf);
         }
         if (o->on_progress) o->on_progress(&p, o->progress_ud);
         res->steps_done = step + 1;
+        if (o->ckpt_dir && ((o->save_every > 0 && (step + 1) % o->save_every == 0) || last || stop)) {
+            lg_ckpt_progress cp = {step + 1, o->steps, bi, opt.step, lg_now() - t0, res->first_loss};
+            if (lg_ckpt_write(o->ckpt_dir, &cp, t, n, o->ckpt, cfg, o->metrics_path, &cache) != 0) goto fail;
+            res->last_ckpt_step = step + 1;
+        }
+        if (stop) {
+            res->stopped = 1;
+            break;
+        }
     }
     res->elapsed = lg_now() - t0;
     if (mf) fclose(mf);
+    free(cfg);
     batch_free(&b);
     lg_adamw_free(&opt);
     return 0;
 fail:
+    if (in_loop) note_checkpoint(o, res);
+    lg_ckpt_close(ck);
     if (mf) fclose(mf);
+    free(cfg);
     batch_free(&b);
     lg_adamw_free(&opt);
     return -1;

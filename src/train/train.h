@@ -56,6 +56,30 @@ typedef struct {
  * Returns 0, or -1 with a message. */
 typedef int (*lg_batch_fn)(void *ud, int split, long index, lg_batch *b);
 
+/* A tensor a checkpoint restores although it does not train: PiSSA's and LoRA-GA's offset base
+ * weights and their A0, B0 (the init is never re-run on resume). */
+typedef struct {
+    const char *name;
+    float *data;
+    int64_t n;
+} lg_ckpt_tensor;
+
+/* What a checkpoint holds beyond the trainable tensors, their AdamW moments and the loop's
+ * counters (steps, micro-batches consumed, elapsed time, metrics so far). */
+typedef struct {
+    /* Options a resume must match, as a flat JSON object whose keys name them ("--rank": 8,
+     * "data checksum": "...", ...). The loop adds its own (batch size, seq len, lr, schedule...). */
+    const char *config_json;
+    const lg_ckpt_tensor *fixed;
+    int n_fixed;
+    /* Opaque state (adapters: dropout counters, AdaLoRA scores and masks); NULL: none. */
+    size_t (*state_bytes)(void *ud);
+    void (*state_save)(void *ud, void *dst);
+    int (*state_load)(void *ud, const void *src, size_t n);
+    void *state_ud;
+    void *owned; /* helper-allocated storage (lg_ckpt_spec_free) */
+} lg_ckpt_spec;
+
 typedef struct {
     long steps;            /* optimizer updates */
     int batch_size, seq_len, grad_accum;
@@ -71,17 +95,33 @@ typedef struct {
      * step (AdaLoRA's regulariser and rank allocation). Non-zero return stops training. */
     int (*after_backward)(long step, void *ud);
     void *after_backward_ud;
+    /* Activation recomputation: keep only each layer's input in forward and replay the layer in
+     * backward (same gradients, one more forward per layer, less activation memory). */
+    int recompute;
+    /* Checkpoints (checkpoint.h): written atomically to ckpt_dir every save_every updates, at
+     * stop_after and at the end; NULL: none. A non-finite loss, gradient or parameter stops the
+     * run without touching the last good checkpoint. */
+    const char *ckpt_dir;
+    long save_every;
+    long stop_after;       /* > 0: stop after this update (of `steps`), as a job time limit would */
+    const char *resume_dir; /* continue from this checkpoint (NULL: from scratch) */
+    const lg_ckpt_spec *ckpt; /* NULL: trainable tensors only */
 } lg_train_opts;
 
 void lg_train_opts_default(lg_train_opts *o);
 
 typedef struct {
     float first_loss, last_loss, last_val_loss;
-    long steps_done;
+    long steps_done;      /* the last completed update (counting from 0 of the whole run) */
+    long resumed_from;    /* the checkpoint's step (0: fresh start) */
+    int stopped;          /* stopped at stop_after, before `steps` */
+    long last_ckpt_step;  /* the step of the last checkpoint written or resumed from (0: none) */
     double elapsed;
 } lg_train_result;
 
-/* Trains `t` (whose grad pointers the model's backward fills) for o->steps updates.
+/* Trains `t` (whose grad pointers the model's backward fills) for o->steps updates; with
+ * o->resume_dir, restores t, the moments, o->ckpt's tensors and state, and continues from the
+ * checkpoint's step with the same batches (the data position is the micro-batch count).
  * A non-finite loss or gradient stops the run with a message naming the step (returns -1). */
 int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_batch_fn next, void *ud,
              lg_train_result *res);
@@ -92,6 +132,19 @@ int lg_evaluate(lg_model *m, lg_batch_fn next, void *ud, int split, int nb, int 
 
 /* Progress display: a bar on a terminal, plain lines otherwise (stderr). */
 void lg_progress_print(const lg_progress *p, void *ud);
+
+/* Global-norm clipping: returns the norm before clipping; scales the gradients by
+ * max_norm / (norm + 1e-6) when norm > max_norm > 0 (torch.nn.utils.clip_grad_norm_). */
+double lg_grad_clip(lg_opt_tensor *t, int n, float max_norm);
+
+/* Activation recomputation is a mode of the model's activation plan (model.c); declared here
+ * next to its only user, the training loop. lg_model_plan(m, B, T, LG_PLAN_RECOMPUTE). */
+#ifndef LG_PLAN_RECOMPUTE
+#define LG_PLAN_RECOMPUTE 2
+#endif
+/* Bytes of activation memory the model's current plan uses (forward activations, logits and
+ * backward scratch). */
+int64_t lg_model_activation_bytes(const lg_model *m);
 
 /* Loss-curve picture (SVG) from a metrics.jsonl file. */
 int lg_plot_loss_svg(const char *metrics_jsonl, const char *svg_path, const char *title);
