@@ -1,6 +1,15 @@
 /* cmd_bench.c — `loraga bench`: tokens/s, GFLOP/s and peak RSS of the engine on the configurations
- * of ../shared/bench/torch_lora_bench.py (same shapes, same FLOP formulas), so the two can run
- * side by side. Benchmarks, not tests: nothing here asserts a speed. */
+ * of ../shared/bench/torch_lora_bench.py (same shapes, same FLOP formulas, same LoRA set-up), so the
+ * two can run side by side. Benchmarks, not tests: nothing here asserts a speed.
+ *
+ * Modes (one process each, so that the peak RSS is that mode's):
+ *   fwd     forward only, no activations kept for backward;
+ *   full    full fine-tuning step: forward, backward with every weight gradient, AdamW on all;
+ *   lora    LoRA step: r 8, alpha 16 on q,k,v,o,gate,up,down, base frozen, AdamW on A and B;
+ *   loraga  LoRA-GA estimation: the gradients of the 7 x layers target weights accumulated over
+ *           --ga-batches batches (all / serial / sketch, --ga-mode), then the top-2r triplets by a
+ *           randomised SVD with q = 4r and 4 power iterations (torch.svd_lowrank(q=4r, niter=4)).
+ *           Done twice in the process, as the torch script does; tokens/s is the median batch. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -8,12 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapters/lora.h"
 #include "cli.h"
 #include "core/util.h"
+#include "loraga/loraga.h"
 #include "model/model.h"
 #include "train/train.h"
 
-static const char *USAGE = "usage: loraga bench --config tiny|small --mode fwd|full [--threads N] [--steps N] [--json]";
+static const char *USAGE =
+    "usage: loraga bench --config tiny|small --mode fwd|full|lora|loraga [--threads N] [--steps N] [--json]\n"
+    "       loraga-mode options: [--ga-batches 8] [--ga-mode all|serial|sketch] [--ga-mem BYTES] [--ga-sketch-k K]";
 
 typedef struct {
     const char *name;
@@ -64,15 +77,68 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+static int want_none(const lg_param *p, void *ud) {
+    (void)p, (void)ud;
+    return 0;
+}
+
+/* LoRA-GA estimation batches: nb fixed random batches (as the torch script's list), by index. */
+typedef struct {
+    int nb;
+    lg_batch *b;
+    double *stamps; /* time after each estimation batch (progress callback) */
+    long nstamps, cap;
+} ga_src;
+
+static int ga_next(void *ud, int split, long index, lg_batch *b) {
+    ga_src *s = ud;
+    (void)split;
+    const lg_batch *src = &s->b[index % s->nb];
+    size_t n = (size_t)b->B * b->T;
+    memcpy(b->inputs, src->inputs, n * sizeof(int));
+    memcpy(b->targets, src->targets, n * sizeof(int));
+    memcpy(b->weight, src->weight, n * sizeof(float));
+    return 0;
+}
+
+static void ga_progress(const char *phase, long done, long total, void *ud) {
+    ga_src *s = ud;
+    (void)done, (void)total;
+    if (strcmp(phase, "estimate") || s->nstamps >= s->cap) return;
+    s->stamps[s->nstamps++] = lg_now();
+}
+
+static void fill_random(lg_batch *b, int vocab, lg_rng *r) {
+    for (int i = 0; i < b->B * b->T; i++) {
+        b->inputs[i] = (int)(lg_rng_u64(r) % (uint64_t)vocab);
+        b->targets[i] = (int)(lg_rng_u64(r) % (uint64_t)vocab);
+        b->weight[i] = 1.0f;
+    }
+}
+
+static lg_batch batch_alloc(int B, int T) {
+    lg_batch b = {B, T, lg_malloc((size_t)B * T * sizeof(int)), lg_malloc((size_t)B * T * sizeof(int)),
+                  lg_malloc((size_t)B * T * sizeof(float))};
+    return b;
+}
+
+static void batch_free(lg_batch *b) { free(b->inputs), free(b->targets), free(b->weight); }
+
 int cmd_bench(int argc, char **argv) {
-    const char *config = "small", *mode = "fwd";
-    int threads = 0, steps = 10, warmup = 3, json = 0;
+    const char *config = "small", *mode = "fwd", *ga_mode_s = "all";
+    int threads = 0, steps = 10, warmup = 3, json = 0, ga_batches = 8, ga_k = 0, rank = 8;
+    size_t ga_mem = 0;
     lg_opt opts[] = {
         {"--config", LG_OPT_STR, &config, "tiny or small (default small)"},
-        {"--mode", LG_OPT_STR, &mode, "fwd or full (default fwd)"},
+        {"--mode", LG_OPT_STR, &mode, "fwd, full, lora or loraga (default fwd)"},
         {"--threads", LG_OPT_INT, &threads, "threads (default: OMP_NUM_THREADS or all cores)"},
         {"--steps", LG_OPT_INT, &steps, "timed steps (default 10)"},
         {"--warmup", LG_OPT_INT, &warmup, "untimed steps first (default 3)"},
+        {"--rank", LG_OPT_INT, &rank, "lora / loraga: rank r (default 8; alpha 16)"},
+        {"--ga-batches", LG_OPT_INT, &ga_batches, "loraga: estimation batches (default 8, as the torch script)"},
+        {"--ga-mode", LG_OPT_STR, &ga_mode_s, "loraga: all | serial | sketch (default all)"},
+        {"--ga-mem", LG_OPT_SIZE, &ga_mem, "loraga serial: gradient bytes per group (default: one layer's targets)"},
+        {"--ga-sketch-k", LG_OPT_INT, &ga_k, "loraga sketch: width k (default 8r)"},
         {"--json", LG_OPT_FLAG, &json, "print one JSON line"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
@@ -84,12 +150,20 @@ int cmd_bench(int argc, char **argv) {
         lg_errorf("--config '%s': expected tiny or small", config);
         return lg_cli_fail();
     }
-    if (strcmp(mode, "fwd") && strcmp(mode, "full")) {
-        lg_errorf("--mode '%s': expected fwd or full (lora and loraga come with the adapters)", mode);
+    int is_fwd = !strcmp(mode, "fwd"), is_full = !strcmp(mode, "full"), is_lora = !strcmp(mode, "lora"),
+        is_ga = !strcmp(mode, "loraga");
+    if (!is_fwd && !is_full && !is_lora && !is_ga) {
+        lg_errorf("--mode '%s': expected fwd, full, lora or loraga", mode);
         return lg_cli_fail();
     }
-    if (steps < 1 || warmup < 0) {
-        lg_errorf("--steps must be >= 1 and --warmup >= 0");
+    if (steps < 1 || warmup < 0 || ga_batches < 1 || rank < 1) {
+        lg_errorf("--steps, --ga-batches and --rank must be >= 1, --warmup >= 0");
+        return lg_cli_fail();
+    }
+    lg_ga_opts go;
+    lg_ga_opts_default(&go);
+    if (is_ga && lg_ga_parse_mode(ga_mode_s, &go.mode) != 0) {
+        lg_errorf_prefix("--ga-mode");
         return lg_cli_fail();
     }
     if (threads > 0) {
@@ -117,20 +191,21 @@ int cmd_bench(int argc, char **argv) {
     lg_model *m;
     if (lg_model_create(&c, NULL, 0, &m) != 0) return lg_cli_fail();
     double rss_model = lg_peak_rss_kb() / 1024.0;
-    int B = bc->batch, T = bc->seq, full = !strcmp(mode, "full");
-    lg_batch b = {B, T, lg_malloc((size_t)B * T * sizeof(int)), lg_malloc((size_t)B * T * sizeof(int)),
-                  lg_malloc((size_t)B * T * sizeof(float))};
+    int B = bc->batch, T = bc->seq, rc = 1;
     lg_rng r;
     lg_rng_seed(&r, 0);
-    for (int i = 0; i < B * T; i++) {
-        b.inputs[i] = (int)(lg_rng_u64(&r) % (uint64_t)bc->vocab);
-        b.targets[i] = (int)(lg_rng_u64(&r) % (uint64_t)bc->vocab);
-        b.weight[i] = 1.0f;
-    }
+    lg_batch b = batch_alloc(B, T);
+    fill_random(&b, bc->vocab, &r);
     lg_opt_tensor *ot = NULL;
-    int nt = 0;
+    int nt = 0, have_opt = 0;
     lg_adamw opt;
-    if (full) {
+    lg_adapters *ad = NULL;
+    double *times = NULL;
+    long ntimes = 0;
+    ga_src gs = {0};
+    char extra[1024] = "";
+    float loss = 0;
+    if (is_full) {
         lg_model_set_trainable(m, NULL, NULL);
         nt = lg_model_n_params(m);
         ot = lg_calloc((size_t)nt, sizeof *ot);
@@ -138,40 +213,120 @@ int cmd_bench(int argc, char **argv) {
             lg_param *p = lg_model_param(m, i);
             ot[i] = (lg_opt_tensor){p->name, p->data, p->grad, NULL, NULL, p->numel, 1.0f, 0.0f};
         }
+    } else if (is_lora || is_ga) {
+        /* the torch script's set-up: r 8, alpha 16 (s = alpha / r), seven projections, base frozen */
+        lg_model_set_trainable(m, want_none, NULL);
+        lg_lora_opts lo;
+        lg_lora_opts_default(&lo);
+        lo.r = rank;
+        lo.alpha = 16.0f;
+        lo.init = is_ga ? LG_INIT_NONE : LG_INIT_KAIMING;
+        if (lg_adapters_attach(m, &lo, &ad) != 0) goto done;
+        if (is_lora && lg_adapters_opt_tensors(ad, 1.0f, &ot, &nt) != 0) goto done;
+    }
+    if (ot) {
         lg_adamw_init(&opt, ot, nt, 0.9f, 0.999f, 1e-8f);
+        have_opt = 1;
     }
-    lg_model_plan(m, B, T, full);
-    double *times = lg_calloc((size_t)steps, sizeof(double));
-    float loss = 0;
-    for (int i = 0; i < warmup + steps; i++) {
-        double t0 = lg_now(), w;
-        loss = lg_model_forward(m, &b, &w);
-        if (full) {
-            lg_model_zero_grads(m);
-            lg_model_backward(m, &b, (float)(1.0 / w));
-            lg_adamw_step(&opt, 1e-4f);
+
+    if (!is_ga) {
+        if (lg_model_plan(m, B, T, !is_fwd) != 0) goto done;
+        times = lg_calloc((size_t)steps, sizeof(double));
+        for (int i = 0; i < warmup + steps; i++) {
+            double t0 = lg_now(), w;
+            loss = lg_model_forward(m, &b, &w);
+            if (!is_fwd) {
+                if (is_full) lg_model_zero_grads(m);
+                else lg_adapters_zero_grads(ad);
+                lg_model_backward(m, &b, (float)(1.0 / w));
+                lg_adamw_step(&opt, 1e-4f);
+            }
+            if (i >= warmup) times[ntimes++] = lg_now() - t0;
         }
-        if (i >= warmup) times[i - warmup] = lg_now() - t0;
+        if (is_lora)
+            snprintf(extra, sizeof extra, ", \"trainable\": %lld, \"adapted_layers\": %d",
+                     (long long)lg_adapters_numel(ad), lg_adapters_count(ad));
+    } else {
+        /* LoRA-GA estimation + factorisation, exactly the torch script's work: N fixed random
+         * batches of B x T, gradients of every target weight, top-2r triplets with q = 4r, 4 power
+         * iterations (lg_ga_svd, called by lg_loraga_init). Twice, after an untimed warm-up. */
+        int64_t target_floats = 0, max_layer = 0, layer_floats = 0;
+        int per_layer = lg_adapters_count(ad) / bc->layers;
+        for (int i = 0; i < lg_adapters_count(ad); i++) {
+            lg_lora *l = lg_adapters_get(ad, i);
+            target_floats += (int64_t)l->in * l->out;
+            layer_floats += (int64_t)l->in * l->out;
+            if ((i + 1) % per_layer == 0) max_layer = LG_MAX(max_layer, layer_floats), layer_floats = 0;
+        }
+        gs.nb = ga_batches;
+        gs.b = lg_calloc((size_t)ga_batches, sizeof(lg_batch));
+        for (int i = 0; i < ga_batches; i++) {
+            gs.b[i] = batch_alloc(B, T);
+            fill_random(&gs.b[i], bc->vocab, &r);
+        }
+        gs.cap = 4L * ga_batches * (bc->layers + 1) + 16;
+        gs.stamps = lg_calloc((size_t)gs.cap, sizeof(double));
+        go.batch_size = B;
+        go.seq_len = T;
+        go.mem_budget = ga_mem ? ga_mem : (size_t)max_layer * sizeof(float);
+        go.sketch_k = ga_k;
+        go.progress = ga_progress;
+        go.progress_ud = &gs;
+        go.seed = 0;
+        lg_ga_report rep[2], wrep;
+        if (warmup > 0) { /* untimed: first touch of every buffer, BLAS thread start-up */
+            lg_ga_opts wo = go;
+            wo.batches = LG_MIN(warmup, ga_batches);
+            wo.progress = NULL;
+            if (lg_loraga_init(m, ad, &wo, ga_next, &gs, &wrep) != 0) goto done;
+        }
+        go.batches = ga_batches;
+        times = lg_calloc((size_t)gs.cap, sizeof(double));
+        for (int rp = 0; rp < 2; rp++) {
+            gs.nstamps = 0;
+            double t0 = lg_now();
+            if (lg_loraga_init(m, ad, &go, ga_next, &gs, &rep[rp]) != 0) goto done;
+            /* per-batch times from the progress stamps; the first batch of each pass includes the
+             * pass's set-up (planning, hooks), as the torch script's first step includes its own */
+            for (long i = 0; i < gs.nstamps; i++) times[ntimes++] = gs.stamps[i] - (i ? gs.stamps[i - 1] : t0);
+        }
+        loss = (float)rep[1].mean_loss;
+        const lg_ga_report *R = rep;
+        snprintf(extra, sizeof extra,
+                 ", \"ga_mode\": \"%s\", \"ga_batches\": %d, \"n_target_weights\": %d, \"target_params\": %lld, "
+                 "\"ga_accum_s\": [%.3f, %.3f], \"svd_lowrank_s\": [%.3f, %.3f], \"passes\": %d, \"groups\": %d, "
+                 "\"ga_mem_budget_mb\": %.1f, \"ga_extra_mb\": %.1f, \"targets_fp32_mb\": %.1f, \"sketch_k\": %d",
+                 ga_mode_s, ga_batches, lg_adapters_count(ad), (long long)target_floats, R[0].estimate_seconds,
+                 R[1].estimate_seconds, R[0].factorise_seconds, R[1].factorise_seconds, R[1].passes, R[1].groups,
+                 go.mode == LG_GA_SERIAL ? go.mem_budget / 1048576.0 : 0.0, R[1].extra_bytes / 1048576.0,
+                 target_floats * 4 / 1048576.0, go.mode == LG_GA_SKETCH ? (ga_k > 0 ? ga_k : 8 * rank) : 0);
     }
-    qsort(times, (size_t)steps, sizeof(double), cmp_double);
-    double med = times[steps / 2];
-    double tps = B * T / med, gf = flops_per_token(bc, mode, 8) * B * T / med / 1e9;
+    qsort(times, (size_t)ntimes, sizeof(double), cmp_double);
+    double med = times[ntimes / 2];
+    double fpt = flops_per_token(bc, mode, rank);
+    double tps = B * T / med, gf = fpt * B * T / med / 1e9;
     double rss = lg_peak_rss_kb() / 1024.0;
     if (json)
-        printf("{\"config\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"tokens_per_step\": %d, \"step_s_median\": %.4f, "
-               "\"step_s_min\": %.4f, \"tokens_per_s\": %.1f, \"gflops\": %.1f, \"mflop_per_token\": %.2f, "
-               "\"peak_rss_mb\": %.1f, \"rss_after_model_mb\": %.1f, \"ceiling_gflops\": %.1f, \"loss_last\": %.4f}\n",
-               config, mode, omp_get_max_threads(), B * T, med, times[0], tps, gf, flops_per_token(bc, mode, 8) / 1e6,
-               rss, rss_model, ceiling, loss);
+        printf("{\"config\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"tokens_per_step\": %d, \"n_timed\": %ld, "
+               "\"step_s_median\": %.4f, \"step_s_min\": %.4f, \"step_s_max\": %.4f, \"tokens_per_s\": %.1f, "
+               "\"gflops\": %.1f, \"mflop_per_token\": %.2f, \"peak_rss_mb\": %.1f, \"rss_after_model_mb\": %.1f, "
+               "\"ceiling_gflops\": %.1f, \"share_of_ceiling\": %.3f, \"loss_last\": %.4f%s}\n",
+               config, mode, omp_get_max_threads(), B * T, ntimes, med, times[0], times[ntimes - 1], tps, gf,
+               fpt / 1e6, rss, rss_model, ceiling, ceiling > 0 ? gf / ceiling : 0.0, loss, extra);
     else
         printf("%s %s: %.1f tokens/s, %.1f GFLOP/s (sgemm ceiling %.1f), step %.4f s, peak RSS %.1f MB\n", config, mode,
                tps, gf, ceiling, med, rss);
+    rc = 0;
+done:
+    if (rc) lg_cli_fail();
     free(times);
-    if (full) lg_adamw_free(&opt);
+    if (have_opt) lg_adamw_free(&opt);
     free(ot);
-    free(b.inputs);
-    free(b.targets);
-    free(b.weight);
+    lg_adapters_free(ad);
+    for (int i = 0; i < gs.nb && gs.b; i++) batch_free(&gs.b[i]);
+    free(gs.b);
+    free(gs.stamps);
+    batch_free(&b);
     lg_model_free(m);
-    return 0;
+    return rc;
 }

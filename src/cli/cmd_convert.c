@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "core/util.h"
+#include "io/gguf.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
@@ -12,7 +13,9 @@ static const char *USAGE =
     "usage: loraga convert --from llama2c|gguf --model FILE [--tokenizer T.bin] --out DIR\n"
     "Writes a Hugging Face model directory (model.safetensors, config.json, tokenizer.json,\n"
     "tokenizer_config.json). llama2.c q/k weights are permuted to HF's rotate-half RoPE, so\n"
-    "transformers computes the same logits as llama2.c on the original file.";
+    "transformers computes the same logits as llama2.c on the original file. GGUF tensors\n"
+    "(F32/F16/BF16/Q8_0/Q4_0/Q4_1) are dequantised and written as float32 unless --dtype says\n"
+    "otherwise; the tokenizer and chat template come from the GGUF metadata.";
 
 /* llama2.c keeps the tokenizer beside the model: tokenizer.bin, or tok<N>.bin for custom vocabularies. */
 static char *find_tokenizer(const char *model, int vocab) {
@@ -35,6 +38,54 @@ static char *find_tokenizer(const char *model, int vocab) {
     return NULL;
 }
 
+/* GGUF: weights dequantised (float32 unless --dtype), q/k rows back in HF order, tokenizer and
+ * chat template from the file's metadata. */
+static int convert_gguf(const char *model, const char *out, const char *dtype, const char *tok) {
+    if (tok) {
+        lg_errorf("--tokenizer is for llama2c; a GGUF file carries its own tokenizer");
+        return lg_cli_fail();
+    }
+    lg_gguf *g = NULL;
+    lg_model *m = NULL;
+    lg_tokenizer *t = NULL;
+    char *tmp = NULL;
+    lg_config cfg;
+    lg_weight_src src = {0};
+    fprintf(stderr, "loading %s\n", model);
+    if (lg_gguf_open(model, &g) != 0 || lg_gguf_model_from(g, &cfg, &src) != 0) goto fail;
+    if (!dtype) snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "float32");
+    if (lg_model_create(&cfg, &src, 0, &m) != 0) {
+        lg_errorf_prefix("%s", model);
+        goto fail;
+    }
+    lg_gguf_model_close(&src);
+    if (lg_gguf_tokenizer_from(g, &t) != 0) goto fail;
+    if (lg_tokenizer_vocab_size(t) > cfg.vocab_size) {
+        lg_errorf("%s: the tokenizer has %d tokens but the model's vocab_size is %d", model, lg_tokenizer_vocab_size(t),
+                  cfg.vocab_size);
+        goto fail;
+    }
+    if (!(tmp = lg_outdir_begin(out))) goto fail;
+    fprintf(stderr, "writing %s (%lld parameters)\n", out, (long long)lg_model_numel(m));
+    if (lg_model_save_hf(m, tmp, dtype) != 0 || lg_gguf_save_tokenizer(g, t, tmp) != 0) goto fail;
+    if (lg_outdir_commit(tmp, out) != 0) {
+        tmp = NULL;
+        goto fail;
+    }
+    fprintf(stderr, "done: %s\n", out);
+    lg_tokenizer_free(t);
+    lg_model_free(m);
+    lg_gguf_close(g);
+    return 0;
+fail:
+    lg_outdir_abort(tmp);
+    lg_gguf_model_close(&src);
+    lg_tokenizer_free(t);
+    lg_model_free(m);
+    lg_gguf_close(g);
+    return lg_cli_fail();
+}
+
 int cmd_convert(int argc, char **argv) {
     const char *from = NULL, *model = NULL, *tok = NULL, *out = NULL, *dtype = NULL;
     lg_opt opts[] = {
@@ -54,10 +105,7 @@ int cmd_convert(int argc, char **argv) {
         lg_errorf("--from '%s': expected llama2c or gguf", from);
         return lg_cli_fail();
     }
-    if (!strcmp(from, "gguf")) {
-        lg_errorf("GGUF conversion is not supported yet");
-        return lg_cli_fail();
-    }
+    if (!strcmp(from, "gguf")) return convert_gguf(model, out, dtype, tok);
     lg_model *m = NULL;
     lg_tokenizer *t = NULL;
     char *tmp = NULL, *tokpath = NULL;

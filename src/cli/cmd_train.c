@@ -288,6 +288,10 @@ int cmd_train(int argc, char **argv) {
             lo.delta_t = delta_t;
             lo.orth_reg = orth_reg;
         }
+        if ((is_ga || mi == 5) && dropout > 0)
+            fprintf(stderr, "warning: --dropout %g with %s: the offset base assumes the adapter sees the whole input, "
+                            "so dropout on the large initial A0, B0 adds noise the offset cannot cancel (the step-0 "
+                            "loss rises); dropout 0 is recommended\n", dropout, method);
         if (lg_adapters_attach(m, &lo, &ad) != 0) goto done;
         if (cfg) {
             cJSON_AddNumberToObject(cfg, "--rank", lo.r);

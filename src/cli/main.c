@@ -13,6 +13,8 @@ static const struct {
     {"tokenize", cmd_tokenize, "print token ids of text or JSONL rows"},
     {"eval", cmd_eval, "loss / perplexity of a model (+ adapter) on data"},
     {"train", cmd_train, "fine-tune: full, LoRA family, LoRA-GA"},
+    {"merge", cmd_merge, "merge a PEFT LoRA adapter into the base: a new Hugging Face directory"},
+    {"generate", cmd_generate, "sample text from a model (+ adapter) with a KV cache"},
     {"bench", cmd_bench, "measure tokens/s, GFLOP/s and peak RSS of the engine"},
 };
 

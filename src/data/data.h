@@ -6,8 +6,20 @@
  *             {"prompt": STR, "completion": STR} loss on completion tokens only; prompt and
  *                                               completion are tokenised separately (no special
  *                                               tokens) and the ids concatenated, as TRL does
- *           Other keys are ignored. A row with "messages" (chat format) is refused: chat
- *           templates are not implemented.
+ *             {"messages": [{"role": STR, "content": STR}, ...]}
+ *                                               chat, rendered with the model's chat template
+ *                                               (below); loss on assistant turns only
+ *           Other keys are ignored (a row with "text" or "prompt"/"completion" uses those).
+ *
+ * Chat rows: the template is lg_data_opts.chat_template, else the "chat_template" of the
+ * tokenizer_config.json the tokenizer was loaded with (GGUF tokenizers carry theirs there).
+ * There is no Jinja engine: the template must be ChatML — per message
+ * "<|im_start|>" + role + "\n" + content + "<|im_end|>" + "\n", optionally preceded by a default
+ * system turn when the first message is not a system one (SmolLM2, Qwen1.5) — and is rendered
+ * byte for byte as Jinja would (no generation prompt); any other template is an error quoting
+ * its start. The text is tokenised whole, without BOS/EOS (add_bos/add_eos do not apply: the
+ * template places the special tokens); a token is a loss token if its bytes overlap an
+ * assistant message's content or the <|im_end|> that closes it.
  *   .txt    (any other extension) plain text. If some line is exactly "<|endoftext|>" (the
  *           TinyStories convention) documents are separated by such lines; otherwise by one or
  *           more blank lines. Leading and trailing white space of each document is dropped.
@@ -55,6 +67,7 @@ typedef struct {
     float val_frac; /* fraction of rows held out for validation, [0, 1) */
     uint64_t seed;  /* validation split and per-epoch shuffling */
     int add_eos;    /* end each example with EOS (a loss token) if the tokenizer has one */
+    const char *chat_template; /* Jinja chat template for "messages" rows; NULL = the tokenizer's */
 } lg_data_opts;
 
 typedef struct lg_dataset lg_dataset;

@@ -1,8 +1,9 @@
-/* model_io.c — load a model from a Hugging Face directory or a llama2.c file; save as HF. */
+/* model_io.c — load a model from a Hugging Face directory, a llama2.c file or a GGUF file; save as HF. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/util.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 
@@ -30,8 +31,14 @@ int lg_model_load(const char *path, lg_model **out) {
         return rc;
     }
     if (!lg_file_exists(path)) return lg_errorf("%s: no such file or directory", path);
-    if (ends_with(path, ".gguf")) return lg_errorf("%s: GGUF models are not supported yet", path);
     lg_weight_src src;
+    if (ends_with(path, ".gguf") || lg_gguf_is_gguf(path)) { /* llama.cpp's format: dequantised to float32 */
+        if (lg_gguf_model_open(path, &cfg, &src) != 0) return -1;
+        int rc = lg_model_create(&cfg, &src, 0, out);
+        lg_gguf_model_close(&src);
+        if (rc) lg_errorf_prefix("%s", path);
+        return rc;
+    }
     if (lg_llama2c_open(path, &cfg, &src) != 0) return -1;
     int rc = lg_model_create(&cfg, &src, 0, out);
     lg_llama2c_close(&src);
