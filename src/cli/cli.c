@@ -96,3 +96,23 @@ int lg_parse_opts(int argc, char **argv, const lg_opt *opts, int nopts, const ch
     }
     return 0;
 }
+
+#include "io/gguf.h"
+#include "tokenizer/tokenizer.h"
+
+/* Whether the tokenizer itself puts BOS in front of a text (LLaMA-style) — as HF's
+ * tokenizer(text) would; GPT-2 and SmolLM2 do not. */
+int lg_cli_tokenizer_adds_bos(const lg_tokenizer *t) {
+    int *ids = NULL, n = 0;
+    int bos = lg_tokenizer_bos(t), adds = 0;
+    if (bos >= 0 && lg_tokenizer_encode(t, "", 0, 1, &ids, &n) == 0) adds = n > 0 && ids[0] == bos;
+    free(ids);
+    return adds;
+}
+
+/* A GGUF model carries its chat template in its metadata; NULL otherwise (caller frees). */
+char *lg_cli_chat_template(const char *model) {
+    char *tpl = NULL;
+    if (!lg_is_dir(model) && lg_gguf_is_gguf(model) && lg_gguf_chat_template(model, &tpl) != 0) tpl = NULL;
+    return tpl;
+}

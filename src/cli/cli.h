@@ -28,6 +28,12 @@ void lg_print_opts(const lg_opt *opts, int nopts, const char *usage);
 /* "loraga: error: <lg_last_error()>" on stderr; returns 1 (the exit status). */
 int lg_cli_fail(void);
 
+struct lg_tokenizer;
+/* Whether the tokenizer adds BOS in front of a text, as HF's tokenizer(text) does. */
+int lg_cli_tokenizer_adds_bos(const struct lg_tokenizer *t);
+/* The chat template stored in a GGUF model's metadata, or NULL (caller frees). */
+char *lg_cli_chat_template(const char *model);
+
 /* subcommands: each returns the process exit status */
 int cmd_convert(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

@@ -54,7 +54,8 @@ typedef struct {
     int (*has)(void *ctx, const char *name);
 } lg_weight_src;
 
-/* Load a model: a Hugging Face directory (config.json + safetensors) or a llama2.c .bin. */
+/* Load a model: a Hugging Face directory (config.json + safetensors), a GGUF file (.gguf,
+ * dequantised to float32) or a llama2.c .bin. */
 int lg_model_load(const char *path, lg_model **out);
 /* Build from a config and a weight source (used by the loaders); src NULL = random init
  * (normal std 0.02, norms 1) from seed, for tests. */

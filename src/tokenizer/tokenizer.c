@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "io/gguf.h"
 #include "tokenizer/tok_internal.h"
 #include "tokenizer/unicode_nfc.h"
 
@@ -859,6 +860,7 @@ static int is_json_text(const char *d, size_t n) {
 int lg_tokenizer_load(const char *path, lg_tokenizer **out) {
     *out = NULL;
     if (!path || !*path) return lg_errorf("tokenizer: no path given");
+    if (!lg_is_dir(path) && lg_gguf_is_gguf(path)) return lg_gguf_tokenizer(path, out); /* from its metadata */
     char *file = NULL, *dir = NULL;
     if (lg_is_dir(path)) {
         char *j = lg_path_join(path, "tokenizer.json");
