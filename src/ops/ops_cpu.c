@@ -336,12 +336,14 @@ static void cpu_attention_forward(float *out, float *probs, const float *q, int 
     }
 }
 
-/* Per (b, h), in row blocks [r0, r1):
+/* Per (b, kv head), then per query head of its group, in row blocks [r0, r1):
  *   dV[0:r1] += P^T dO;  dS = dO V^T then dS = P (dS - rowsum(P dS));
  *   dQ[r0:r1] += scale dS K;  dK[0:r1] += scale dS^T Q.
- * With GQA several query heads write the same kv head, so their dK/dV go to a per-call
- * scratch (B, H, T, hd) that is summed into dk/dv afterwards; with H == KV they go straight
- * in. Each thread also allocates one ATT_BLOCK x T block for dS, once per call. */
+ * A thread owns a (b, kv head) pair and walks its query heads in order, so dK/dV accumulate
+ * straight into dk/dv without races or scratch, and the result does not depend on the thread
+ * count. dS lives on the stack: the row block shrinks for long sequences to keep it at most
+ * DS_MAX floats, so a training step allocates nothing here. */
+#define DS_MAX 8192
 static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                    const float *q, int ldq, const float *k, int ldk,
                                    const float *v, int ldv, const float *probs, int B, int T,
@@ -349,81 +351,43 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
     if (!dq && !dk && !dv) return;
     int group = H / KV, ldo = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    size_t head_sz = (size_t)T * hd;
-    float *gk = NULL, *gv = NULL; /* GQA scratch, zero-initialised */
-    if (group > 1) {
-        if (dk) gk = lg_calloc((size_t)B * H * head_sz, sizeof(float));
-        if (dv) gv = lg_calloc((size_t)B * H * head_sz, sizeof(float));
-    }
     int need_ds = dq || dk;
-    int par = (long)B * H * T * T * hd >= PAR_MIN && B * H > 1;
-#pragma omp parallel if (par)
-    {
-        float *dS = need_ds ? lg_malloc((size_t)LG_MIN(T, ATT_BLOCK) * T * sizeof(float)) : NULL;
-#pragma omp for schedule(dynamic, 1)
-        for (int bh = 0; bh < B * H; bh++) {
-            int b = bh / H, h = bh % H, kvh = h / group;
+    int rows = LG_MAX(1, LG_MIN(ATT_BLOCK, DS_MAX / T)); /* query rows per block */
+    int par = (long)B * H * T * T * hd >= PAR_MIN && B * KV > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+    for (int bk = 0; bk < B * KV; bk++) {
+        float dS[DS_MAX < 1 ? 1 : DS_MAX];
+        int b = bk / KV, kvh = bk % KV;
+        const float *kb = k + (long)b * T * ldk + (long)kvh * hd;
+        const float *vb = v + (long)b * T * ldv + (long)kvh * hd;
+        float *dkb = dk ? dk + (long)b * T * ldk + (long)kvh * hd : NULL;
+        float *dvb = dv ? dv + (long)b * T * ldv + (long)kvh * hd : NULL;
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
             const float *qb = q + (long)b * T * ldq + (long)h * hd;
-            const float *kb = k + (long)b * T * ldk + (long)kvh * hd;
-            const float *vb = v + (long)b * T * ldv + (long)kvh * hd;
             const float *gob = dout + (long)b * T * ldo + (long)h * hd;
-            const float *P = probs + (long)bh * T * T;
+            const float *P = probs + ((long)b * H + h) * T * T;
             float *dqb = dq ? dq + (long)b * T * ldq + (long)h * hd : NULL;
-            float *dkb = NULL, *dvb = NULL;
-            int lddk = ldk, lddv = ldv;
-            if (group > 1) {
-                if (gk) dkb = gk + (size_t)bh * head_sz;
-                if (gv) dvb = gv + (size_t)bh * head_sz;
-                lddk = lddv = hd;
-            } else {
-                if (dk) dkb = dk + (long)b * T * ldk + (long)kvh * hd;
-                if (dv) dvb = dv + (long)b * T * ldv + (long)kvh * hd;
-            }
-            for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
-                int r1 = LG_MIN(T, r0 + ATT_BLOCK), m = r1 - r0;
+            for (int r0 = 0; r0 < T; r0 += rows) {
+                int r1 = LG_MIN(T, r0 + rows), m = r1 - r0;
                 const float *Pb = P + (long)r0 * T;
                 /* P is stored with zeros above the diagonal, so the full [r0:r1, 0:r1] block
                  * can be used as is. */
-                if (dvb)
-                    cpu_gemm(1, 0, r1, hd, m, 1.0f, Pb, T, gob + (long)r0 * ldo, ldo, 1.0f, dvb,
-                             lddv);
+                if (dvb) cpu_gemm(1, 0, r1, hd, m, 1.0f, Pb, T, gob + (long)r0 * ldo, ldo, 1.0f, dvb, ldv);
                 if (!need_ds) continue;
-                cpu_gemm(0, 1, m, r1, hd, 1.0f, gob + (long)r0 * ldo, ldo, vb, ldv, 0.0f, dS, T);
+                cpu_gemm(0, 1, m, r1, hd, 1.0f, gob + (long)r0 * ldo, ldo, vb, ldv, 0.0f, dS, r1);
                 for (int t = r0; t < r1; t++) {
-                    float *ds = dS + (long)(t - r0) * T;
+                    float *ds = dS + (long)(t - r0) * r1;
                     const float *p = P + (long)t * T;
                     float dot = 0.0f;
-                    for (int s = 0; s <= t; s++) dot += p[s] * ds[s];
-                    for (int s = 0; s <= t; s++) ds[s] = p[s] * (ds[s] - dot);
-                    for (int s = t + 1; s < r1; s++) ds[s] = 0.0f;
+                    for (int s2 = 0; s2 <= t; s2++) dot += p[s2] * ds[s2];
+                    for (int s2 = 0; s2 <= t; s2++) ds[s2] = p[s2] * (ds[s2] - dot);
+                    for (int s2 = t + 1; s2 < r1; s2++) ds[s2] = 0.0f;
                 }
-                if (dqb)
-                    cpu_gemm(0, 0, m, hd, r1, scale, dS, T, kb, ldk, 1.0f, dqb + (long)r0 * ldq,
-                             ldq);
-                if (dkb)
-                    cpu_gemm(1, 0, r1, hd, m, scale, dS, T, qb + (long)r0 * ldq, ldq, 1.0f, dkb,
-                             lddk);
-            }
-        }
-        free(dS);
-    }
-    if (group == 1) return;
-    /* Sum the group's per-query-head partials into each kv head; threads own rows (b, t). */
-#pragma omp parallel for schedule(static) if ((long)B * T * H * hd >= PAR_MIN)
-    for (int bt = 0; bt < B * T; bt++) {
-        int b = bt / T, t = bt % T;
-        for (int h = 0; h < H; h++) {
-            size_t src = ((size_t)(b * H + h) * T + t) * hd;
-            long dst_k = (long)bt * ldk + (long)(h / group) * hd;
-            long dst_v = (long)bt * ldv + (long)(h / group) * hd;
-            for (int i = 0; i < hd; i++) {
-                if (gk) dk[dst_k + i] += gk[src + i];
-                if (gv) dv[dst_v + i] += gv[src + i];
+                if (dqb) cpu_gemm(0, 0, m, hd, r1, scale, dS, r1, kb, ldk, 1.0f, dqb + (long)r0 * ldq, ldq);
+                if (dkb) cpu_gemm(1, 0, r1, hd, m, scale, dS, r1, qb + (long)r0 * ldq, ldq, 1.0f, dkb, ldk);
             }
         }
     }
-    free(gk);
-    free(gv);
 }
 
 /* ---- MLP activations ---------------------------------------------------------------- */
@@ -479,12 +443,16 @@ static void cpu_gelu_backward(float *din, const float *dout, const float *in, lo
 #define CE_ROWS 8
 static double cpu_cross_entropy(float *logits, const int *targets, const float *weight, int N,
                                 int V, float dscale, int want_grad) {
-    int nblk = (N + CE_ROWS - 1) / CE_ROWS;
-    double *part = lg_malloc((size_t)LG_MAX(nblk, 1) * sizeof(double));
+    /* Per-block partial sums, added in block order: the same bits for any thread count. The
+     * partials live on the stack (blocks grow for huge N), so a step allocates nothing here. */
+    enum { MAX_BLK = 4096 };
+    double part[MAX_BLK];
+    int per = LG_MAX(CE_ROWS, (N + MAX_BLK - 1) / MAX_BLK);
+    int nblk = (N + per - 1) / per;
 #pragma omp parallel for schedule(static) if ((long)N * V >= PAR_MIN && nblk > 1)
     for (int blk = 0; blk < nblk; blk++) {
         double acc = 0.0;
-        for (int i = blk * CE_ROWS; i < LG_MIN(N, (blk + 1) * CE_ROWS); i++) {
+        for (int i = blk * per; i < LG_MIN(N, (blk + 1) * per); i++) {
             float *l = logits + (long)i * V;
             float w = weight ? weight[i] : 1.0f;
             if (w == 0.0f) {
@@ -509,7 +477,6 @@ static double cpu_cross_entropy(float *logits, const int *targets, const float *
     }
     double total = 0.0;
     for (int blk = 0; blk < nblk; blk++) total += part[blk];
-    free(part);
     return total;
 }
 
