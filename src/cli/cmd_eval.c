@@ -87,7 +87,8 @@ static int eval_task(lg_model *m, const lg_tokenizer *t, lg_task_kind kind, cons
         lg_errorf("%s: cannot write", pred_path);
         goto done;
     }
-    lg_task_opts o = {shots, src, first, limit, max_tokens, pf, json ? NULL : progress, NULL};
+    lg_task_opts o = {shots, src, first, limit, max_tokens, pf, json ? NULL : progress, NULL, 0};
+    o.no_bos = t && !lg_cli_tokenizer_adds_bos(t); /* BOS as the tokenizer itself (and the lm protocol) adds it */
     lg_task_result r;
     if (lg_task_eval(m, t, s, &o, &r) != 0) goto done;
     const char *name = lg_task_name(kind);
@@ -197,9 +198,13 @@ int cmd_eval(int argc, char **argv) {
     }
     lg_data_opts o = {0};
     o.max_len = max_len > 0 ? LG_MIN(max_len, c->max_seq) : c->max_seq;
-    o.add_bos = 1;
+    o.add_bos = lg_cli_tokenizer_adds_bos(t); /* BOS as the tokenizer itself would add it */
+    char *chat_tpl = lg_cli_chat_template(model);
+    o.chat_template = chat_tpl;
     o.skip_bad = skip_bad;
-    if (lg_dataset_load(data, t, &o, &d) != 0) goto done;
+    int dl = lg_dataset_load(data, t, &o, &d);
+    free(chat_tpl);
+    if (dl != 0) goto done;
     int n = lg_dataset_count(d, LG_SPLIT_TRAIN_FILE);
     lg_data_stats st;
     lg_dataset_stats(d, &st);
