@@ -480,8 +480,10 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     double wsum = 0;
     for (int i = 0; i < N; i++) wsum += b->weight[i];
     if (wsum_out) *wsum_out = wsum;
-    /* cross_entropy overwrites logits only when asked for a gradient: compute the value here. */
-    double nll = ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, 0.0f, 0);
+    /* Training: loss and d(sum w·nll)/dlogits in one pass over the logits (in place; backward
+     * applies its loss scale in the lm_head GEMMs). Inference: the logits stay readable. */
+    double nll = ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, 1.0f, m->training != 0);
+    m->logits_hold_grad = m->training != 0;
     return wsum > 0 ? (float)(nll / wsum) : NAN;
 }
 
@@ -499,11 +501,13 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
     int F = c->hidden_dim, qd = H * hd, kvd = KV * hd, gpt2 = c->arch == LG_ARCH_GPT2;
     size_t NC = (size_t)N * C * sizeof(float), NF = (size_t)N * F * sizeof(float);
 
-    /* loss -> logits -> final norm */
-    ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, loss_scale, 1);
-    memset(m->dlogit_x, 0, NC);
-    ops->linear_backward(m->dlogit_x, m->lm_head->grad, NULL, m->logits, m->xnf, m->lm_head->data, N, C,
-                         c->vocab_size);
+    /* loss -> logits -> final norm. The training forward left d(sum w·nll)/dlogits in the logits;
+     * loss_scale is applied as the GEMMs' alpha (dX = s·dL W, dW += s·dL^T X). */
+    if (!m->logits_hold_grad) ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, 1.0f, 1);
+    m->logits_hold_grad = 0;
+    const int V = c->vocab_size;
+    ops->gemm(0, 0, N, C, V, loss_scale, m->logits, V, m->lm_head->data, C, 0.0f, m->dlogit_x, C);
+    if (m->lm_head->grad) ops->gemm(1, 0, V, C, N, loss_scale, m->logits, V, m->xnf, C, 1.0f, m->lm_head->grad, C);
     memset(m->dres, 0, NC);
     norm_bwd(m, m->dres, m->dlogit_x, m->x_final, m->normf_w, m->normf_b, m->meanf, m->rstdf, N);
 

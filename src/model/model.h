@@ -85,7 +85,8 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum);
 /* Backward of (loss_scale * sum(w*nll)): accumulates into the gradients of trainable params.
  * Call after lg_model_forward on the same batch; destroys the logits. */
 void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale);
-/* Logits (B*T x V) of the last forward (before backward). */
+/* Logits (B*T x V) of the last forward with an inference plan (training = 0). A training
+ * forward computes the loss gradient in place of the logits, to spare a second pass over them. */
 const float *lg_model_logits(const lg_model *m);
 
 /* Write a Hugging Face directory: model.safetensors (dtype: "float32"/"bfloat16"/"float16" or

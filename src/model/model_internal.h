@@ -54,6 +54,7 @@ struct lg_model {
     float *datt, *dq, *dk, *dv, *dq2, *dk2; /* (N, max(qd, 3C)) */
     float *dgate, *dup, *dh;        /* (N, F) */
     float *dlogit_x;                /* (N, C) gradient at the final norm output */
+    int logits_hold_grad;           /* a training forward left dL/dlogits (unscaled) in logits */
 };
 
 #endif
