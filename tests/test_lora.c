@@ -20,50 +20,6 @@
 /* ------------------------------------------------------------------------------------------ */
 /* fixtures                                                                                   */
 
-static lg_config tiny_config(lg_arch arch) {
-    lg_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = arch;
-    snprintf(c.model_type, sizeof c.model_type, "%s", arch == LG_ARCH_GPT2 ? "gpt2" : "llama");
-    snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
-    c.vocab_size = 23;
-    c.dim = 16;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = arch == LG_ARCH_GPT2 ? 4 : 2;
-    c.head_dim = 4;
-    c.hidden_dim = 24;
-    c.max_seq = 16;
-    c.norm_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
-    c.rope_style = LG_ROPE_HALF;
-    c.qkv_bias = c.o_bias = c.mlp_bias = arch == LG_ARCH_GPT2;
-    c.tied_embeddings = arch == LG_ARCH_GPT2;
-    c.bos_id = c.eos_id = -1;
-    return c;
-}
-
-static void random_batch(lg_batch *b, int B, int T, int V, uint64_t seed) {
-    lg_rng r;
-    lg_rng_seed(&r, seed);
-    b->B = B;
-    b->T = T;
-    b->inputs = calloc((size_t)B * T, sizeof(int));
-    b->targets = calloc((size_t)B * T, sizeof(int));
-    b->weight = calloc((size_t)B * T, sizeof(float));
-    for (int i = 0; i < B * T; i++) {
-        b->inputs[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
-        b->targets[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
-        b->weight[i] = (i % T == T - 1) ? 0.0f : 1.0f;
-    }
-}
-
-static void free_batch(lg_batch *b) {
-    free(b->inputs);
-    free(b->targets);
-    free(b->weight);
-}
-
 static void spread_weights(lg_model *m, uint64_t seed) {
     lg_rng r;
     lg_rng_seed(&r, seed);
@@ -93,7 +49,7 @@ static lg_model *frozen_model_cfg(lg_config c, uint64_t seed) {
     return m;
 }
 
-static lg_model *frozen_model(lg_arch arch, uint64_t seed) { return frozen_model_cfg(tiny_config(arch), seed); }
+static lg_model *frozen_model(lg_arch arch, uint64_t seed) { return frozen_model_cfg(lg_test_tiny_config(arch, 23, 2), seed); }
 
 static lg_lora_opts opts_for(const char *targets, int r) {
     lg_lora_opts o;
@@ -253,7 +209,7 @@ static double layer_check_cfg(lg_lora_opts o, lg_config cfg, int layer_index) {
 }
 
 static double layer_check(lg_lora_opts o, lg_arch arch, int layer_index) {
-    return layer_check_cfg(o, tiny_config(arch), layer_index);
+    return layer_check_cfg(o, lg_test_tiny_config(arch, 23, 2), layer_index);
 }
 
 static void test_layer_grad_lora(void **state) {
@@ -272,7 +228,7 @@ static void test_layer_grad_dora(void **state) {
     o.use_dora = 1;
     double w = layer_check(o, LG_ARCH_LLAMA, 5); /* up_proj 24 x 16 */
     w = fmax(w, layer_check(o, LG_ARCH_GPT2, 0));
-    lg_config wide = tiny_config(LG_ARCH_LLAMA);
+    lg_config wide = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     wide.hidden_dim = 150; /* more output rows than one column block of dmag */
     w = fmax(w, layer_check_cfg(o, wide, 5));
     print_message("DoRA layer (norm detached): worst relative error %.2e\n", w);
@@ -299,7 +255,7 @@ static void test_layer_grad_adalora(void **state) {
  * embedding when it is trainable: its gradient reaches it only through every adapter's dx). */
 static double model_check(lg_model *m, lg_adapters *ad, int check_ab, int *checked) {
     lg_batch b;
-    random_batch(&b, 2, 6, lg_model_config(m)->vocab_size, 3);
+    lg_test_random_batch(&b, 2, 6, lg_model_config(m)->vocab_size, 3);
     double w;
     float l0 = lg_model_forward(m, &b, &w);
     assert_true(isfinite(l0));
@@ -358,7 +314,7 @@ static double model_check(lg_model *m, lg_adapters *ad, int check_ab, int *check
             (*checked)++;
         }
     }
-    free_batch(&b);
+    lg_test_free_batch(&b);
     return worst;
 }
 
@@ -420,7 +376,7 @@ static void test_model_grad_adalora_dora(void **state) {
 static void step0(lg_arch arch, lg_lora_opts o, const char *what) {
     lg_model *m = frozen_model(arch, 31);
     lg_batch b;
-    random_batch(&b, 2, 6, lg_model_config(m)->vocab_size, 8);
+    lg_test_random_batch(&b, 2, 6, lg_model_config(m)->vocab_size, 8);
     double base = loss_of(m, &b);
     int np = lg_model_n_params(m);
     float **orig = calloc((size_t)np, sizeof(float *));
@@ -468,7 +424,7 @@ static void step0(lg_arch arch, lg_lora_opts o, const char *what) {
     for (int i = 0; i < np; i++) free(orig[i]);
     free(orig);
     lg_adapters_free(ad);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     lg_model_free(m);
 }
 
@@ -543,7 +499,7 @@ static void train_steps(lg_model *m, lg_adapters *ad, lg_opt_tensor *t, int nt, 
     lg_adamw opt;
     lg_adamw_init(&opt, t, nt, 0.9f, 0.999f, 1e-8f);
     lg_batch b;
-    random_batch(&b, 2, 6, lg_model_config(m)->vocab_size, 12);
+    lg_test_random_batch(&b, 2, 6, lg_model_config(m)->vocab_size, 12);
     for (int s = 0; s < steps; s++) {
         double w;
         float l = lg_model_forward(m, &b, &w);
@@ -554,7 +510,7 @@ static void train_steps(lg_model *m, lg_adapters *ad, lg_opt_tensor *t, int nt, 
         lg_adamw_step(&opt, lr);
     }
     lg_adamw_free(&opt);
-    free_batch(&b);
+    lg_test_free_batch(&b);
 }
 
 static void frozen_case(lg_lora_opts o) {
@@ -780,7 +736,7 @@ static void test_dropout(void **state) {
 
     /* the whole model: training loss differs from evaluation loss, which equals dropout 0's */
     lg_batch b;
-    random_batch(&b, 2, 6, 23, 9);
+    lg_test_random_batch(&b, 2, 6, 23, 9);
     o = opts_for("all-linear", 4);
     assert_int_equal(lg_adapters_attach(m, &o, &ad), 0);
     randomise(ad, 8);
@@ -796,7 +752,7 @@ static void test_dropout(void **state) {
     assert_true(ev == ref);
     assert_true(tr != ref);
     lg_adapters_free(ad);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     lg_model_free(m);
 }
 
@@ -878,7 +834,7 @@ static void test_adalora_budget(void **state) {
     lg_adamw opt;
     lg_adamw_init(&opt, t, nt, 0.9f, 0.999f, 1e-8f);
     lg_batch b;
-    random_batch(&b, 2, 6, 23, 13);
+    lg_test_random_batch(&b, 2, 6, 23, 13);
     for (long s = 0; s < o.total_steps; s++) {
         double w;
         float l = lg_model_forward(m, &b, &w);
@@ -925,7 +881,7 @@ static void test_adalora_budget(void **state) {
     assert_true(loss_of(m, &b) == l1);
     lg_adamw_free(&opt);
     free(t);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     lg_adapters_free(ad);
     lg_model_free(m);
 }
@@ -1234,7 +1190,7 @@ static void load_case(lg_config c, lg_lora_opts o, const char *what) {
     train_steps(m, ad, t, nt, 3, 1e-2f, NULL, NULL);
     free(t);
     lg_batch b;
-    random_batch(&b, 2, 6, c.vocab_size, 17);
+    lg_test_random_batch(&b, 2, 6, c.vocab_size, 17);
     double l1 = loss_of(m, &b);
     char *dir = lg_test_tmpdir();
     assert_int_equal(lg_adapters_save_peft(ad, dir, "tiny"), 0);
@@ -1250,33 +1206,33 @@ static void load_case(lg_config c, lg_lora_opts o, const char *what) {
     lg_adapters_free(ad);
     lg_model_free(m2);
     lg_model_free(m);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     rm_dir(dir);
 }
 
 static void test_load_peft_roundtrip(void **state) {
     (void)state;
     lg_lora_opts o = opts_for("all-linear", 3);
-    load_case(tiny_config(LG_ARCH_LLAMA), o, "lora llama");
+    load_case(lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2), o, "lora llama");
     o = opts_for("c_attn,c_proj", 3);
     o.use_dora = 1;
     o.use_rslora = 1;
-    load_case(tiny_config(LG_ARCH_GPT2), o, "dora+rslora gpt2");
+    load_case(lg_test_tiny_config(LG_ARCH_GPT2, 23, 2), o, "dora+rslora gpt2");
     o = opts_for("all-linear", 3);
     o.init = LG_INIT_PISSA;
     o.use_dora = 1;
-    load_case(tiny_config(LG_ARCH_LLAMA), o, "pissa+dora llama (rank-2r export)");
+    load_case(lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2), o, "pissa+dora llama (rank-2r export)");
     o = opts_for("q_proj,v_proj,down_proj", 4);
     o.adalora = 1;
     o.total_steps = 10;
     o.target_r = 2;
-    load_case(tiny_config(LG_ARCH_LLAMA), o, "adalora llama (as plain LoRA)");
+    load_case(lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2), o, "adalora llama (as plain LoRA)");
 }
 
 /* A llama2.c model keeps q/k rows interleaved; the adapter must follow lg_model_save_hf's permutation. */
 static void test_interleaved_rows(void **state) {
     (void)state;
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     c.rope_style = LG_ROPE_INTERLEAVED;
     lg_model *m = frozen_model_cfg(c, 131);
     lg_lora_opts o = opts_for("q_proj,k_proj,v_proj", 3);
@@ -1285,7 +1241,7 @@ static void test_interleaved_rows(void **state) {
     assert_int_equal(lg_adapters_attach(m, &o, &ad), 0);
     randomise_sd(ad, 7, 0.3f);
     lg_batch b;
-    random_batch(&b, 2, 6, c.vocab_size, 18);
+    lg_test_random_batch(&b, 2, 6, c.vocab_size, 18);
     double l1 = loss_of(m, &b);
     char *dir = lg_test_tmpdir(), *hf = lg_test_tmpdir();
     assert_int_equal(lg_adapters_save_peft(ad, dir, "tiny"), 0);
@@ -1312,7 +1268,7 @@ static void test_interleaved_rows(void **state) {
     lg_model_free(m3);
     lg_model_free(h);
     lg_model_free(m);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     rm_dir(dir);
     rm_dir(hf);
 }
@@ -1329,14 +1285,14 @@ static void test_merge(void **state) {
         randomise_sd(ad, 8, 0.2f);
         if (k == 2) lg_adapters_get(ad, 3)->rank_mask[1] = 0;
         lg_batch b;
-        random_batch(&b, 2, 6, 23, 19);
+        lg_test_random_batch(&b, 2, 6, 23, 19);
         double l1 = loss_of(m, &b);
         lg_adapters_merge_and_free(ad);
         for (int i = 0; i < lg_model_n_linears(m); i++) assert_null(lg_model_linear(m, i)->adapter);
         double l2 = loss_of(m, &b);
         print_message("merge %s: %.8f with adapters, %.8f merged\n", k == 0 ? "lora" : k == 1 ? "dora" : "adalora", l1, l2);
         assert_true(fabs(l1 - l2) < 1e-5);
-        free_batch(&b);
+        lg_test_free_batch(&b);
         lg_model_free(m);
     }
 }
@@ -1403,14 +1359,14 @@ static void run_close(run_state *s) {
 
 static float run_step(run_state *s, long step) {
     lg_batch b;
-    random_batch(&b, 2, 6, 23, 500 + (uint64_t)step);
+    lg_test_random_batch(&b, 2, 6, 23, 500 + (uint64_t)step);
     double w;
     float l = lg_model_forward(s->m, &b, &w);
     lg_adapters_zero_grads(s->ad);
     lg_model_backward(s->m, &b, (float)(1.0 / w));
     lg_adalora_step(s->ad, step);
     lg_adamw_step(&s->opt, 2e-2f);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     return l;
 }
 

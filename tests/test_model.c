@@ -14,51 +14,6 @@
 #include "model/model.h"
 #include "train/train.h"
 
-static lg_config tiny_config(lg_arch arch) {
-    lg_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = arch;
-    snprintf(c.model_type, sizeof c.model_type, "%s", arch == LG_ARCH_GPT2 ? "gpt2" : "llama");
-    snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
-    c.vocab_size = 23;
-    c.dim = 16;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = arch == LG_ARCH_GPT2 ? 4 : 2;
-    c.head_dim = 4;
-    c.hidden_dim = 24;
-    c.max_seq = 16;
-    c.norm_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
-    c.rope_style = LG_ROPE_HALF;
-    c.qkv_bias = c.o_bias = c.mlp_bias = arch == LG_ARCH_GPT2;
-    c.tied_embeddings = arch == LG_ARCH_GPT2;
-    c.bos_id = c.eos_id = -1;
-    return c;
-}
-
-static void random_batch(lg_batch *b, int B, int T, int V, uint64_t seed) {
-    lg_rng r;
-    lg_rng_seed(&r, seed);
-    b->B = B;
-    b->T = T;
-    b->inputs = calloc((size_t)B * T, sizeof(int));
-    b->targets = calloc((size_t)B * T, sizeof(int));
-    b->weight = calloc((size_t)B * T, sizeof(float));
-    for (int i = 0; i < B * T; i++) {
-        b->inputs[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
-        b->targets[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
-        b->weight[i] = (i % T == T - 1) ? 0.0f : 1.0f; /* last position predicts nothing */
-    }
-    b->weight[1] = 0.0f; /* a masked prompt token */
-}
-
-static void free_batch(lg_batch *b) {
-    free(b->inputs);
-    free(b->targets);
-    free(b->weight);
-}
-
 /* Scale weights up from the 0.02 init so every path carries a visible gradient. */
 static void spread_weights(lg_model *m, uint64_t seed) {
     lg_rng r;
@@ -82,7 +37,7 @@ static double grad_check(lg_config c, int *checked) {
     assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
     spread_weights(m, 7);
     lg_batch b;
-    random_batch(&b, 2, 6, c.vocab_size, 3);
+    lg_test_random_batch(&b, 2, 6, c.vocab_size, 3);
     assert_int_equal(lg_model_set_trainable(m, NULL, NULL), 0);
     assert_int_equal(lg_model_plan(m, 2, 6, 1), 0);
     double w;
@@ -112,7 +67,7 @@ static double grad_check(lg_config c, int *checked) {
             (*checked)++;
         }
     }
-    free_batch(&b);
+    lg_test_free_batch(&b);
     lg_model_free(m);
     return worst;
 }
@@ -120,14 +75,14 @@ static double grad_check(lg_config c, int *checked) {
 static void test_gradcheck_llama(void **state) {
     (void)state;
     int n;
-    double worst = grad_check(tiny_config(LG_ARCH_LLAMA), &n);
+    double worst = grad_check(lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2), &n);
     print_message("llama: %d entries, worst relative error %.2e (tolerance 3e-2, float32, h=1e-2)\n", n, worst);
     assert_true(worst < 3e-2);
 }
 
 static void test_gradcheck_qwen2_bias_interleaved(void **state) {
     (void)state;
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     snprintf(c.model_type, sizeof c.model_type, "qwen2");
     c.qkv_bias = 1;
     c.tied_embeddings = 1;
@@ -141,7 +96,7 @@ static void test_gradcheck_qwen2_bias_interleaved(void **state) {
 static void test_gradcheck_gpt2(void **state) {
     (void)state;
     int n;
-    double worst = grad_check(tiny_config(LG_ARCH_GPT2), &n);
+    double worst = grad_check(lg_test_tiny_config(LG_ARCH_GPT2, 23, 2), &n);
     print_message("gpt2: %d entries, worst relative error %.2e\n", n, worst);
     assert_true(worst < 3e-2);
 }
@@ -154,12 +109,12 @@ static int want_q0(const lg_param *p, void *ud) {
 
 static void test_frozen_weights_have_no_grad(void **state) {
     (void)state;
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     lg_model *m;
     assert_int_equal(lg_model_create(&c, NULL, 5, &m), 0);
     spread_weights(m, 9);
     lg_batch b;
-    random_batch(&b, 2, 6, c.vocab_size, 4);
+    lg_test_random_batch(&b, 2, 6, c.vocab_size, 4);
     lg_param *q0 = lg_model_find_param(m, "model.layers.0.self_attn.q_proj.weight");
     assert_non_null(q0);
     double w;
@@ -183,7 +138,7 @@ static void test_frozen_weights_have_no_grad(void **state) {
     for (int64_t e = 0; e < q0->numel; e++) maxd = fmax(maxd, fabs(full[e] - q0->grad[e]));
     assert_true(maxd < 1e-5);
     free(full);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     lg_model_free(m);
 }
 
@@ -192,7 +147,7 @@ static void roundtrip(lg_config c) {
     lg_model *m, *m2;
     assert_int_equal(lg_model_create(&c, NULL, 21, &m), 0);
     lg_batch b;
-    random_batch(&b, 2, 6, c.vocab_size, 8);
+    lg_test_random_batch(&b, 2, 6, c.vocab_size, 8);
     double w;
     float l1 = lg_model_forward(m, &b, &w);
     char *dir = lg_test_tmpdir();
@@ -211,16 +166,16 @@ static void roundtrip(lg_config c) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
     free(dir);
-    free_batch(&b);
+    lg_test_free_batch(&b);
     lg_model_free(m);
     lg_model_free(m2);
 }
 
 static void test_save_load_roundtrip(void **state) {
     (void)state;
-    roundtrip(tiny_config(LG_ARCH_LLAMA));
-    roundtrip(tiny_config(LG_ARCH_GPT2));
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    roundtrip(lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2));
+    roundtrip(lg_test_tiny_config(LG_ARCH_GPT2, 23, 2));
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     c.rope_style = LG_ROPE_INTERLEAVED; /* as loaded from llama2.c: saved permuted to rotate-half */
     roundtrip(c);
 }
@@ -228,7 +183,7 @@ static void test_save_load_roundtrip(void **state) {
 /* A checkpoint whose tensor shape disagrees with config.json is refused with both shapes named. */
 static void test_shape_mismatch_refused(void **state) {
     (void)state;
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     lg_model *m, *m2;
     assert_int_equal(lg_model_create(&c, NULL, 2, &m), 0);
     char *dir = lg_test_tmpdir();
@@ -353,7 +308,7 @@ static void test_stories260k_llama2c_equals_hf(void **state) {
     int ids[64];
     greedy(a, ids, 63);
     lg_batch bt;
-    random_batch(&bt, 1, 64, 512, 1);
+    lg_test_random_batch(&bt, 1, 64, 512, 1);
     bt.inputs[0] = 1;
     for (int t = 0; t < 63; t++) {
         bt.inputs[t + 1] = ids[t];
@@ -369,7 +324,7 @@ static void test_stories260k_llama2c_equals_hf(void **state) {
     print_message("stories260K loss: llama2.c path %.7f, HF path %.7f\n", la, lb);
     assert_true(isfinite(la) && la < 1.5f); /* greedy text is highly likely under the model */
     assert_float_equal(la, lb, 1e-5 * fabs(la));
-    free_batch(&bt);
+    lg_test_free_batch(&bt);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);

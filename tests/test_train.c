@@ -22,29 +22,6 @@
 
 /* ---- fixtures ------------------------------------------------------------------------------ */
 
-static lg_config tiny_config(lg_arch arch) {
-    lg_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = arch;
-    snprintf(c.model_type, sizeof c.model_type, "%s", arch == LG_ARCH_GPT2 ? "gpt2" : "llama");
-    snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
-    c.vocab_size = 29;
-    c.dim = 16;
-    c.n_layers = 3;
-    c.n_heads = 4;
-    c.n_kv_heads = arch == LG_ARCH_GPT2 ? 4 : 2;
-    c.head_dim = 4;
-    c.hidden_dim = 24;
-    c.max_seq = 16;
-    c.norm_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
-    c.rope_style = LG_ROPE_HALF;
-    c.qkv_bias = c.o_bias = c.mlp_bias = arch == LG_ARCH_GPT2;
-    c.tied_embeddings = arch == LG_ARCH_GPT2;
-    c.bos_id = c.eos_id = -1;
-    return c;
-}
-
 /* A pool of token rows served as the data pipeline does: batch `index` of size B is rows
  * index*B .. index*B+B-1 (mod the pool), so B x 2 micro-batches and one 2B batch read the same
  * rows. Validation (split 1) reads the pool from a different offset. Rows consumed are logged. */
@@ -187,7 +164,7 @@ static void on_prog(const lg_progress *p, void *ud) {
 
 static void test_grad_clip_in_loop(void **state) {
     (void)state;
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 29, 3);
     lg_model *m;
     assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
     lg_model_set_trainable(m, want_none, NULL);
@@ -237,7 +214,7 @@ static void on_first(const lg_progress *p, void *ud) {
  * (not bit for bit: the 2B batch sums its rows in one GEMM, the micro-batches in two). */
 static void test_grad_accum_equals_big_batch(void **state) {
     (void)state;
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 29, 3);
     float *g[2];
     float loss[2];
     int rows[2][8];
@@ -357,7 +334,7 @@ static float *grads_with(lg_config c, rc_kind k, int recompute, int64_t *n_out, 
 }
 
 static void recompute_case(lg_arch arch, rc_kind k, const char *label) {
-    lg_config c = tiny_config(arch);
+    lg_config c = lg_test_tiny_config(arch, 29, 3);
     int64_t n0, n1, a0, a1;
     float l0, l1;
     float *g0 = grads_with(c, k, 0, &n0, &a0, &l0), *g1 = grads_with(c, k, 1, &n1, &a1, &l1);
@@ -398,7 +375,7 @@ static void test_recompute_dora_gpt2(void **state) {
 /* The planned activation memory: every layer's activations vs their inputs plus one layer. */
 static void test_recompute_memory(void **state) {
     (void)state;
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 29, 3);
     c.n_layers = 12;
     lg_model *m;
     assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
@@ -434,7 +411,7 @@ typedef struct {
  * skip the inits that a checkpoint restores (PiSSA's SVD, LoRA-GA's estimation). */
 static void run_setup(run *r, method k, int resume) {
     memset(r, 0, sizeof *r);
-    lg_config c = tiny_config(LG_ARCH_LLAMA);
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 29, 3);
     assert_int_equal(lg_model_create(&c, NULL, 7, &r->m), 0);
     rows_init(&r->src, c.vocab_size, 3);
     snprintf(r->config, sizeof r->config, "{\"--method\": \"%s\", \"--rank\": 4}", METHOD_NAMES[k]);

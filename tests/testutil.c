@@ -1,6 +1,8 @@
 /* testutil.c — see testutil.h. */
 #include "testutil.h"
 
+#include "core/util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,4 +43,49 @@ int lg_test_run(const char *cmd, char *out, size_t cap) {
 const char *lg_test_bin(void) {
     const char *b = getenv("LORAGA_BIN");
     return b ? b : "build/loraga";
+}
+
+lg_config lg_test_tiny_config(lg_arch arch, int vocab, int layers) {
+    lg_config c;
+    memset(&c, 0, sizeof c);
+    c.arch = arch;
+    snprintf(c.model_type, sizeof c.model_type, "%s", arch == LG_ARCH_GPT2 ? "gpt2" : "llama");
+    snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
+    c.vocab_size = vocab;
+    c.dim = 16;
+    c.n_layers = layers;
+    c.n_heads = 4;
+    c.n_kv_heads = arch == LG_ARCH_GPT2 ? 4 : 2;
+    c.head_dim = 4;
+    c.hidden_dim = 24;
+    c.max_seq = 16;
+    c.norm_eps = 1e-5f;
+    c.rope_theta = 10000.0f;
+    c.rope_style = LG_ROPE_HALF;
+    c.qkv_bias = c.o_bias = c.mlp_bias = arch == LG_ARCH_GPT2;
+    c.tied_embeddings = arch == LG_ARCH_GPT2;
+    c.bos_id = c.eos_id = -1;
+    return c;
+}
+
+void lg_test_random_batch(lg_batch *b, int B, int T, int V, uint64_t seed) {
+    lg_rng r;
+    lg_rng_seed(&r, seed);
+    b->B = B;
+    b->T = T;
+    b->inputs = calloc((size_t)B * T, sizeof(int));
+    b->targets = calloc((size_t)B * T, sizeof(int));
+    b->weight = calloc((size_t)B * T, sizeof(float));
+    for (int i = 0; i < B * T; i++) {
+        b->inputs[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
+        b->targets[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
+        b->weight[i] = (i % T == T - 1) ? 0.0f : 1.0f; /* the last position predicts nothing */
+    }
+    b->weight[1] = 0.0f; /* a masked prompt token */
+}
+
+void lg_test_free_batch(lg_batch *b) {
+    free(b->inputs);
+    free(b->targets);
+    free(b->weight);
 }

@@ -25,4 +25,14 @@ int lg_test_run(const char *cmd, char *out, size_t cap);
 /* Path of the built CLI (LORAGA_BIN or build/loraga). */
 const char *lg_test_bin(void);
 
+/* A tiny decoder config for gradient checks: dim 16, 4 heads of 4, FFN 24, 16 positions;
+ * LLaMA with 2 kv heads (GQA), RoPE rotate-half, untied; GPT-2 with biases, tied. */
+#include "data/batch.h"
+#include "model/config.h"
+lg_config lg_test_tiny_config(lg_arch arch, int vocab, int layers);
+/* Random B x T batch (inputs, targets uniform in [0, V)); the last position of each row and
+ * position 1 (a masked "prompt" token) have weight 0. Free with lg_test_free_batch. */
+void lg_test_random_batch(lg_batch *b, int B, int T, int V, uint64_t seed);
+void lg_test_free_batch(lg_batch *b);
+
 #endif

@@ -445,11 +445,11 @@ static void cpu_gelu_backward(float *din, const float *dout, const float *in, lo
  * x = n ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error
  * < 2e-7), 2^n built in the exponent bits. Arguments below -87 give e^-87 (~1e-38), not 0. */
 static inline float exp_nonpos(float x) {
-    x = x < -87.0f ? -87.0f : x;
+    x = x > -87.0f ? x : -87.0f; /* also maps NaN to -87: the NaN still reaches the loss via max */
     float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    int32_t bits = ((int32_t)n + 127) << 23;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n); /* a bit cast the vectoriser understands */
     return p * two_n;
