@@ -15,6 +15,18 @@ LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llapacke -lcjson -l
 
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
+# MPI (optional; docs/mpi.md). LORAGA_MPI=1 requires it, 0 builds without, auto (default) uses it
+# when mpicc is on PATH. Deferred (=) so that the check runs after deps-check has installed
+# OpenMPI. Only src/dist/dist.c sees MPI, and only in the CLI build: the sanitised test objects
+# always get the single-process stand-in (OpenMPI's internals would flood ASan's leak reports);
+# the MPI tests drive build/loraga under mpirun instead.
+LORAGA_MPI ?= auto
+MPI_ON      = $(if $(filter 1,$(LORAGA_MPI)),1,$(if $(filter auto,$(LORAGA_MPI)),$(if $(shell command -v mpicc 2>/dev/null),1,0),0))
+MPI_CFLAGS ?= $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS   ?= $(shell mpicc --showme:link 2>/dev/null)
+MPI_CPP     = $(if $(filter 1,$(MPI_ON)),-DLG_HAVE_MPI $(MPI_CFLAGS))
+MPI_LD      = $(if $(filter 1,$(MPI_ON)),$(MPI_LIBS))
+
 LIB_SRC  := $(shell find src -name '*.c' ! -path 'src/cli/*' | sort)
 CLI_SRC  := $(sort $(wildcard src/cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
@@ -26,7 +38,7 @@ SLIB_OBJ := $(LIB_SRC:%.c=build/san/%.o)
 SCLI_OBJ := $(filter-out build/san/src/cli/main.o,$(CLI_SRC:%.c=build/san/%.o))
 TEST_BIN := $(TEST_SRC:tests/%.c=build/tests/%)
 
-.PHONY: all deps test demo clean bench
+.PHONY: all deps test demo clean bench FORCE
 all: deps-check build/loraga
 
 deps-check:
@@ -37,11 +49,22 @@ build/libloraga.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 build/loraga: $(CLI_OBJ) build/libloraga.a
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libloraga.a $(LDLIBS)
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libloraga.a $(LDLIBS) $(MPI_LD)
 
 build/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+# dist.o is rebuilt whenever the MPI setting changes (the stamp is rewritten only then).
+build/obj/src/dist/dist.o: src/dist/dist.c build/mpi.stamp
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(MPI_CPP) $(CFLAGS) -MMD -MP -c $< -o $@
+
+build/mpi.stamp: FORCE | deps-check
+	@mkdir -p $(@D)
+	@if [ "$(LORAGA_MPI)" = 1 ] && ! command -v mpicc >/dev/null; then \
+	  echo "LORAGA_MPI=1 but mpicc is not installed (apt-get install libopenmpi-dev openmpi-bin)" >&2; exit 1; fi
+	@echo "MPI=$(MPI_ON) $(MPI_CPP) $(MPI_LD)" | cmp -s - $@ || echo "MPI=$(MPI_ON) $(MPI_CPP) $(MPI_LD)" > $@
 
 # Sanitised objects for the tests (same sources, -O1 for useful stacks).
 build/san/%.o: %.c

@@ -11,6 +11,7 @@
 #include "cli.h"
 #include "core/util.h"
 #include "data/data.h"
+#include "dist/dist.h"
 #include "loraga/loraga.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -23,7 +24,12 @@ static const char *USAGE =
     "RUNDIR receives the result (full: a Hugging Face model directory; the others: a PEFT adapter,\n"
     "relative to the ORIGINAL base model), metrics.jsonl and loss.svg.\n"
     "lora-ga is the paper's recipe: gradient-aligned init (ArB2r, stable scale, gamma 16) with rsLoRA\n"
-    "scaling on all linear layers, r 8, alpha 16, estimated on the first 64 x 2 rows in file order.";
+    "scaling on all linear layers, r 8, alpha 16, estimated on the first 64 x 2 rows in file order;\n"
+    "its paper uses the learning rate of full fine-tuning (e.g. 5e-5), smaller than LoRA's usual 1e-4..1e-3.\n"
+    "Flags (no value) are off unless given.\n\n"
+    "example (make demo runs this on SmolLM2-135M-Instruct; README.md):\n"
+    "  loraga train --model smol --data demo/train.jsonl --method lora-ga --steps 20 --batch-size 4 \\\n"
+    "      --seq-len 64 --lr 5e-5 --ga-batches 4 --ga-batch-size 4 --out run-ga";
 
 typedef struct {
     lg_dataset *d;
@@ -63,7 +69,8 @@ static void ga_progress(const char *phase, long done, long total, void *ud) {
     }
 }
 
-int cmd_train(int argc, char **argv) {
+/* The command itself; cmd_train (at the end) wraps it in the MPI start and stop. */
+static int train_main(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *method = "lora", *out = NULL, *tokp = NULL, *sched = "constant",
                *dtype = NULL, *targets = NULL, *init = NULL;
     const char *ga_mode = "all", *ga_dir = "ArB2r", *ga_scale = "stable", *ga_variant = "paper", *ga_cache = NULL;
@@ -79,11 +86,12 @@ int cmd_train(int argc, char **argv) {
     lg_train_opts_default(&o);
     int steps = (int)o.steps, warmup = 0;
     lg_opt opts[] = {
-        {"--model", LG_OPT_STR, &model, "Hugging Face model directory (or llama2.c .bin with --tokenizer)"},
+        {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
         {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
-        {"--data", LG_OPT_STR, &data, "training data: JSONL rows or .txt"},
+        {"--data", LG_OPT_STR, &data,
+         "required: JSONL rows {\"text\"}, {\"prompt\",\"completion\"} or chat {\"messages\"}, or a .txt file"},
         {"--method", LG_OPT_STR, &method, "full|lora|rslora|loraplus|dora|pissa|adalora|lora-ga (default lora)"},
-        {"--out", LG_OPT_STR, &out, "run directory (must not exist, or be empty)"},
+        {"--out", LG_OPT_STR, &out, "required: run directory (must not exist, or be empty)"},
         {"--steps", LG_OPT_INT, &steps, "optimizer updates (default 100)"},
         {"--batch-size", LG_OPT_INT, &o.batch_size, "sequences per micro-batch (default 4)"},
         {"--seq-len", LG_OPT_INT, &o.seq_len, "tokens per sequence; longer rows are truncated (default 128)"},
@@ -107,7 +115,7 @@ int cmd_train(int argc, char **argv) {
         {"--targets", LG_OPT_STR, &targets,
          "target modules, comma-separated or all-linear (default q,k,v,o,gate,up,down_proj; GPT-2 c_attn,c_proj,c_fc;"
          " lora-ga: all-linear)"},
-        {"--init", LG_OPT_STR, &init, "LoRA init: kaiming (PEFT default) or gaussian"},
+        {"--init", LG_OPT_STR, &init, "LoRA init: kaiming (default, as PEFT) or gaussian"},
         {"--rslora", LG_OPT_FLAG, &use_rslora, "scale alpha/sqrt(r) instead of alpha/r"},
         {"--dora", LG_OPT_FLAG, &use_dora, "weight-decomposed adapters (DoRA); composes with lora-ga"},
         {"--loraplus-ratio", LG_OPT_FLOAT, &loraplus,
@@ -127,12 +135,12 @@ int cmd_train(int argc, char **argv) {
         {"--ga-scale", LG_OPT_STR, &ga_scale, "stable (default) | unit | gd | weight_svd"},
         {"--ga-gamma", LG_OPT_FLOAT, &ga_gamma, "LoRA-GA stable scale gamma (default 16)"},
         {"--ga-variant", LG_OPT_STR, &ga_variant, "paper (default) | peft (B0 scaled by singular values, as PEFT)"},
-        {"--ga-cache", LG_OPT_STR, &ga_cache, "LoRA-GA gradient cache file (reused when it matches)"},
+        {"--ga-cache", LG_OPT_STR, &ga_cache, "LoRA-GA gradient cache file, reused when it matches (default: none)"},
         {"--save-init", LG_OPT_FLAG, &save_init, "also write RUNDIR/init_lora_checkpoint/ (the adapter as initialised)"},
-        {"--save-every", LG_OPT_INT, &save_every, "write RUNDIR/checkpoint every N updates and at the end (atomic)"},
+        {"--save-every", LG_OPT_INT, &save_every, "write RUNDIR/checkpoint every N updates and at the end, atomic (default 0: no checkpoint)"},
         {"--resume", LG_OPT_STR, &resume,
-         "continue from RUNDIR (or RUNDIR/checkpoint) to --steps, with the same options; --out defaults to RUNDIR"},
-        {"--stop-after", LG_OPT_INT, &stop_after, "stop after update N with a checkpoint (continue with --resume)"},
+         "continue from RUNDIR (or RUNDIR/checkpoint) to --steps, with the same options; --out defaults to RUNDIR (default: none)"},
+        {"--stop-after", LG_OPT_INT, &stop_after, "stop after update N with a checkpoint, continue with --resume (default 0: run to --steps)"},
         {"--recompute", LG_OPT_FLAG, &recompute, "recompute each layer's activations in backward (less memory)"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
@@ -193,6 +201,7 @@ int cmd_train(int argc, char **argv) {
     lg_opt_tensor *ot = NULL;
     char *tmp = NULL, *metrics = NULL;
     int rc = 1, nt = 0;
+    const int root = lg_dist_rank() == 0; /* dist: only rank 0 writes RUNDIR; the others a scratch dir */
     lg_ckpt_spec spec = {0};
     cJSON *cfg = ckpt ? cJSON_CreateObject() : NULL; /* what a resume must match */
     if (lg_model_load(model, &m) != 0) goto done;
@@ -219,11 +228,15 @@ int cmd_train(int argc, char **argv) {
     lg_data_opts dopt = {0};
     dopt.max_len = o.seq_len;
     dopt.pack = pack;
-    dopt.add_bos = 1;
+    dopt.add_bos = lg_cli_tokenizer_adds_bos(t); /* BOS as the tokenizer itself would add it */
+    char *chat_tpl = lg_cli_chat_template(model);
+    dopt.chat_template = chat_tpl;
     dopt.skip_bad = skip_bad;
     dopt.val_frac = val_frac;
     dopt.seed = (uint64_t)seed;
-    if (lg_dataset_load(data, t, &dopt, &d) != 0) goto done;
+    int dl = lg_dataset_load(data, t, &dopt, &d);
+    free(chat_tpl);
+    if (dl != 0) goto done;
     lg_data_stats st;
     lg_dataset_stats(d, &st);
     if (st.bad_rows)
@@ -234,7 +247,11 @@ int cmd_train(int argc, char **argv) {
     if (nval == 0) o.val_batches = 0;
     fprintf(stderr, "model %s: %lld parameters; data %s: %d training rows, %d validation rows\n", model,
             (long long)lg_model_numel(m), data, lg_dataset_count(d, LG_SPLIT_TRAIN), nval);
-    if (!(tmp = ckpt ? lg_ckpt_outdir_begin(out, ck_dir) : lg_outdir_begin(out))) goto done;
+    if (!(tmp = !root ? lg_dist_scratch_dir() : ckpt ? lg_ckpt_outdir_begin(out, ck_dir) : lg_outdir_begin(out)))
+        goto done;
+    if (lg_dist_size() > 1)
+        fprintf(stderr, "data parallel: %d ranks over %s, each computing its share of the global batch of %d rows\n",
+                lg_dist_size(), lg_dist_info(), o.batch_size);
     if (cfg) {
         cJSON_AddStringToObject(cfg, "--method", method);
         cJSON_AddNumberToObject(cfg, "--seed", seed);
@@ -334,11 +351,14 @@ int cmd_train(int argc, char **argv) {
             go.seed = (uint64_t)seed;
             go.progress = ga_progress;
             char *diag = lg_path_join(tmp, "loraga_diagnostics.jsonl");
-            go.diag_path = diag;
+            go.diag_path = root ? diag : NULL; /* dist: rank 0 writes the diagnostics */
             lg_ga_report rep;
+            uint64_t comm0 = lg_dist_bytes_reduced();
             int grc = lg_loraga_init(m, ad, &go, next_batch, &src, &rep);
             free(diag);
             if (grc != 0) goto done;
+            if (lg_dist_size() > 1) /* dist: G or the sketches, summed once */
+                fprintf(stderr, "LoRA-GA: %.2f MB all-reduced\n", (lg_dist_bytes_reduced() - comm0) / 1e6);
             fprintf(stderr,
                     "LoRA-GA: %s; estimation %.1fs (%d pass%s, %.1f MB held), factorisation %.1fs, mean loss %.4f\n",
                     rep.from_cache ? "gradient from cache" : "gradient estimated", rep.estimate_seconds, rep.passes,
@@ -348,7 +368,7 @@ int cmd_train(int argc, char **argv) {
                     "alignment error %.3f on average (max %.3f); per layer in loraga_diagnostics.jsonl\n",
                     100 * rep.captured_mean, 100 * rep.captured_min, rep.align_err_mean, rep.align_err_max);
         }
-        if (save_init) {
+        if (save_init && root) {
             char *idir = lg_path_join(tmp, "init_lora_checkpoint");
             int src_rc = lg_mkdir_p(idir) || lg_adapters_save_peft_init(ad, idir, model);
             free(idir);
@@ -379,9 +399,20 @@ int cmd_train(int argc, char **argv) {
         o.resume_dir = ck_dir;
     }
     lg_train_result res;
+    uint64_t comm0 = lg_dist_bytes_reduced();
+    double csec0 = lg_dist_seconds();
     int trc = lg_train(m, ot, nt, &o, next_batch, &src, &res);
     free(cfg_txt);
     if (trc != 0) goto done;
+    if (lg_dist_size() > 1 && root && res.steps_done > res.resumed_from) { /* dist: communication cost */
+        double nu = (double)(res.steps_done - res.resumed_from);
+        fprintf(stderr, "data parallel: %.3f MB all-reduced per update, %.1f ms per update in collectives\n",
+                (lg_dist_bytes_reduced() - comm0) / 1e6 / nu, 1e3 * (lg_dist_seconds() - csec0) / nu);
+    }
+    if (!root) { /* dist: rank 0 reports and writes the outputs */
+        rc = 0;
+        goto done;
+    }
     if (res.resumed_from) fprintf(stderr, "resumed from step %ld of %s\n", res.resumed_from, ck_dir);
     if (res.stopped) {
         fprintf(stderr, "stopped after step %ld (--stop-after) with a checkpoint in %s; continue with --resume %s\n",
@@ -412,7 +443,7 @@ int cmd_train(int argc, char **argv) {
     rc = 0;
 done:
     if (rc) lg_cli_fail();
-    if (ckpt && tmp) {
+    if (ckpt && tmp && root) {
         lg_outdir_abort(tmp);
         rmdir(out); /* only when empty: no checkpoint was written */
     } else {
@@ -427,5 +458,16 @@ done:
     lg_dataset_free(d);
     lg_tokenizer_free(t);
     lg_model_free(m);
+    return rc;
+}
+
+/* Data parallelism (docs/mpi.md): under mpirun every rank runs the whole command on its share of
+ * each batch. A rank that fails must end the job: the others would wait for it forever. */
+int cmd_train(int argc, char **argv) {
+    if (lg_dist_init(&argc, &argv) != 0) return lg_cli_fail();
+    lg_dist_quiet_others();
+    int rc = train_main(argc, argv);
+    if (rc != 0 && lg_dist_size() > 1) lg_dist_abort(rc == 2 ? "invalid command line" : lg_last_error());
+    lg_dist_finalize();
     return rc;
 }

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "dist/dist.h"
 #include "io/safetensors.h"
 
 void lg_ga_opts_default(lg_ga_opts *o) {
@@ -277,24 +278,36 @@ static int estimate_pass(lg_model *m, ga_target *t, int nt, int lo, int hi, int 
         t[i].lo->lin->grad_hook = sketch ? hook_sketch : hook_dense;
         t[i].lo->lin->grad_hook_ud = &t[i];
     }
-    if (lg_model_plan(m, B, T, 1) != 0) rc = -1;
+    int rows; /* dist (docs/mpi.md): each rank takes its rows of every estimation batch */
+    lg_dist_rows(B, NULL, &rows);
+    if (rows < 1) rc = lg_errorf("LoRA-GA: --ga-batch-size %d is smaller than the %d ranks", B, lg_dist_size());
+    if (!rc && lg_model_plan(m, rows, T, 1) != 0) rc = -1;
     *loss_sum = 0;
     for (int bi = 0; !rc && bi < o->batches; bi++) {
         if (next(ud, 2, bi, &b) != 0) {
             rc = -1;
             break;
         }
-        double w;
-        float loss = lg_model_forward(m, &b, &w);
-        if (!(w > 0)) continue; /* nothing to predict in this batch: contributes zero */
-        if (!isfinite(loss)) {
+        lg_batch lb; /* dist: W is the whole batch's weight, so the ranks' parts sum to its mean */
+        double W = lg_dist_shard(&b, &lb), w;
+        float loss = lg_model_forward(m, &lb, &w);
+        if (lg_dist_size() == 1) W = w;
+        if (!(W > 0)) continue; /* nothing to predict in this batch: contributes zero */
+        if (w > 0 && !isfinite(loss)) {
             rc = lg_errorf("LoRA-GA estimation batch %d: loss is not finite", bi + 1);
             break;
         }
-        *loss_sum += loss;
-        lg_model_backward(m, &b, (float)(1.0 / (w * o->batches)));
+        if (w > 0) *loss_sum += loss * (w / W);
+        lg_model_backward(m, &lb, (float)(1.0 / (W * o->batches)));
         report(o, "estimate", ++*done, total);
     }
+    /* dist: G and the sketches are linear in the data, so their sums over ranks are exact */
+    for (int i = lo; i < hi && !rc; i++) {
+        if (t[i].G) lg_dist_allreduce_sum(t[i].G, (size_t)t[i].m * t[i].n);
+        if (t[i].Y) lg_dist_allreduce_sum(t[i].Y, (size_t)t[i].m * t[i].k);
+        if (t[i].Z) lg_dist_allreduce_sum(t[i].Z, (size_t)t[i].l * t[i].n);
+    }
+    if (!rc) lg_dist_allreduce_sum_f64(loss_sum, 1);
     for (int i = 0; i < nt; i++) t[i].lo->lin->adapter = &t[i].lo->hdr;
     for (int i = lo; i < hi; i++) {
         t[i].lo->lin->grad_hook = NULL;
@@ -476,6 +489,10 @@ static int init_target(ga_target *t, int index, const lg_ga_opts *o, lg_ga_repor
                   : factorise_sketch(t, r2, U, S, V);
     if (rc) lg_errorf_prefix("%s", t->lo->lin->name);
     else set_factors(t, U, S, V, o);
+    if (!rc) { /* dist: every rank factorised the same G; rank 0's factors make the offsets identical */
+        lg_dist_bcast(t->lo->A0, (size_t)r * t->n * sizeof(float), 0);
+        lg_dist_bcast(t->lo->B0, (size_t)t->m * r * sizeof(float), 0);
+    }
     if (!rc) {
         double cap, al;
         diagnose(t, S, r2, &cap, &al);
@@ -529,7 +546,15 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
     if (o->cache_path) {
         if (cache_checksum(m, t, nt, o, next, ud, &sum) != 0) goto fail;
         snprintf(csum, sizeof csum, "%016llx", (unsigned long long)sum);
-        if (lg_file_exists(o->cache_path)) {
+        /* dist: ranks must agree (one reading the cache while another estimates would hang) */
+        double present[2] = {lg_file_exists(o->cache_path), 1};
+        lg_dist_allreduce_sum_f64(present, 2);
+        if (present[0] != 0 && present[0] != present[1]) {
+            lg_errorf("%s: the gradient cache exists on %.0f of %.0f ranks; give every rank the same file system "
+                      "or remove it", o->cache_path, present[0], present[1]);
+            goto fail;
+        }
+        if (present[0] > 0) {
             if (lg_st_open(o->cache_path, &cache) != 0) goto fail;
             const char *have = lg_st_metadata(cache, "loraga_ga_checksum");
             if (!have || strcmp(have, csum)) {
@@ -590,7 +615,7 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
     rep->groups = ngroups;
     rep->passes = ngroups;
 
-    if (o->cache_path) {
+    if (o->cache_path && lg_dist_rank() == 0) { /* dist: rank 0 writes the (reduced) cache */
         int nitems = sketch ? 2 * nt : nt;
         lg_st_item *items = lg_calloc((size_t)nitems, sizeof *items);
         char (*names)[160] = lg_calloc((size_t)nitems, sizeof *names);

@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/util.h"
+#include "dist/dist.h"
 #include "train/checkpoint.h"
 #include "train/train.h"
 
@@ -41,17 +42,23 @@ static void batch_free(lg_batch *b) {
  * (or not) never changes the training that follows. */
 static int eval_batches(lg_model *m, lg_batch_fn next, void *ud, int split, int nb, lg_batch *b, double *loss,
                         double *tokens) {
-    if (lg_model_plan(m, b->B, b->T, 0) != 0) return -1;
-    double sum = 0, wsum = 0;
+    int rows; /* dist: this rank evaluates its rows of each global batch; the sums are reduced */
+    lg_dist_rows(b->B, NULL, &rows);
+    if (lg_model_plan(m, rows, b->T, 0) != 0) return -1;
+    double acc[2] = {0, 0}; /* sum(w * loss), sum(w) */
     for (int i = 0; i < nb; i++) {
         if (next(ud, split, i, b) != 0) return -1;
+        lg_batch lb;
+        lg_dist_shard(b, &lb);
         double w;
-        float l = lg_model_forward(m, b, &w);
+        float l = lg_model_forward(m, &lb, &w);
         if (w > 0) {
-            sum += (double)l * w;
-            wsum += w;
+            acc[0] += (double)l * w;
+            acc[1] += w;
         }
     }
+    lg_dist_allreduce_sum_f64(acc, 2);
+    double sum = acc[0], wsum = acc[1];
     *loss = wsum > 0 ? sum / wsum : NAN;
     if (tokens) *tokens = wsum;
     return 0;
@@ -119,7 +126,15 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         return lg_errorf("training needs steps, batch size, grad accumulation > 0 and seq len > 1");
     if (o->save_every < 0 || o->stop_after < 0) return lg_errorf("save_every and stop_after must be >= 0");
     const int mode = o->recompute ? LG_PLAN_RECOMPUTE : 1;
-    if (lg_model_plan(m, o->batch_size, o->seq_len, mode) != 0) return -1;
+    /* dist (docs/mpi.md): batch_size is the global batch; this rank computes `rows` of it and
+     * rank 0 alone writes metrics, progress and checkpoints */
+    const int root = lg_dist_rank() == 0;
+    int rows;
+    lg_dist_rows(o->batch_size, NULL, &rows);
+    if (rows < 1)
+        return lg_errorf("--batch-size %d is smaller than the %d ranks: each rank needs a row of the global batch",
+                         o->batch_size, lg_dist_size());
+    if (lg_model_plan(m, rows, o->seq_len, mode) != 0) return -1;
     lg_adamw opt;
     lg_adamw_init(&opt, t, n, o->beta1, o->beta2, o->eps);
     lg_batch b;
@@ -148,7 +163,7 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         res->first_loss = cp.first_loss;
         res->resumed_from = res->last_ckpt_step = res->steps_done = start;
     }
-    if (o->metrics_path) {
+    if (o->metrics_path && root) {
         if (!(mf = fopen(o->metrics_path, "w"))) {
             lg_errorf("%s: cannot create metrics file", o->metrics_path);
             goto fail;
@@ -171,18 +186,24 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         double loss_sum = 0;
         for (int a = 0; a < o->grad_accum; a++) {
             if (next(ud, 0, bi++, &b) != 0) goto fail;
-            double w;
-            float l = lg_model_forward(m, &b, &w);
-            if (!(w > 0)) continue; /* nothing to predict in this micro-batch */
-            if (!isfinite(l)) {
+            /* dist: this rank's rows; W is the whole batch's weight (= w for one process), so the
+             * ranks' gradients and losses sum to the single-process mean over the global batch */
+            lg_batch lb;
+            double W = lg_dist_shard(&b, &lb), w;
+            float l = lg_model_forward(m, &lb, &w);
+            if (lg_dist_size() == 1) W = w; /* one process: exactly as without dist */
+            if (!(W > 0)) continue;         /* nothing to predict in this micro-batch */
+            if (w > 0 && !isfinite(l)) {
                 lg_errorf("step %ld: loss is %f (non-finite); stopping. Lower the learning rate or check the data",
                           step + 1, l);
                 goto fail;
             }
             /* each micro-batch's mean loss weighs 1/grad_accum in the update */
-            lg_model_backward(m, &b, (float)(1.0 / (w * o->grad_accum)));
-            loss_sum += l;
+            lg_model_backward(m, &lb, (float)(1.0 / (W * o->grad_accum)));
+            if (w > 0) loss_sum += l * (w / W);
         }
+        lg_dist_allreduce_grads(t, n); /* dist: sum the ranks' shares (no-op for one process) */
+        lg_dist_allreduce_sum_f64(&loss_sum, 1);
         float loss = (float)(loss_sum / o->grad_accum);
         if (o->after_backward && o->after_backward(step, o->after_backward_ud) != 0) goto fail;
         double gn = lg_grad_clip(t, n, o->clip); /* the norm before clipping, as reported */
@@ -208,7 +229,7 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         if (o->val_batches > 0 && ((o->eval_every > 0 && (step + 1) % o->eval_every == 0) || last)) {
             double vl;
             if (eval_batches(m, next, ud, 1, o->val_batches, &b, &vl, NULL) != 0) goto fail;
-            if (lg_model_plan(m, o->batch_size, o->seq_len, mode) != 0) goto fail;
+            if (lg_model_plan(m, rows, o->seq_len, mode) != 0) goto fail;
             p.val_loss = (float)vl;
             res->last_val_loss = (float)vl;
         }
@@ -221,11 +242,11 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
             fprintf(mf, "}\n");
             fflush(mf);
         }
-        if (o->on_progress) o->on_progress(&p, o->progress_ud);
+        if (o->on_progress && root) o->on_progress(&p, o->progress_ud);
         res->steps_done = step + 1;
         if (o->ckpt_dir && ((o->save_every > 0 && (step + 1) % o->save_every == 0) || last || stop)) {
             lg_ckpt_progress cp = {step + 1, o->steps, bi, opt.step, lg_now() - t0, res->first_loss};
-            if (lg_ckpt_write(o->ckpt_dir, &cp, t, n, o->ckpt, cfg, o->metrics_path, &cache) != 0) goto fail;
+            if (root && lg_ckpt_write(o->ckpt_dir, &cp, t, n, o->ckpt, cfg, o->metrics_path, &cache) != 0) goto fail;
             res->last_ckpt_step = step + 1;
         }
         if (stop) {
@@ -234,6 +255,7 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         }
     }
     res->elapsed = lg_now() - t0;
+    if (lg_dist_check_same(t, n) != 0) goto fail; /* dist: every rank must have taken the same steps */
     if (mf) fclose(mf);
     free(cfg);
     batch_free(&b);
