@@ -90,8 +90,10 @@ test: deps-check build/loraga $(TEST_BIN) build/tests/CTestTestfile.cmake
 	@cd build/tests && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OMP_NUM_THREADS=2 LORAGA_BIN="$(CURDIR)/build/loraga" ctest --output-on-failure
 
-demo: deps-check build/loraga
-	@scripts/demo.sh
+# The demo builds (deps-check + all) itself, so that its report times every phase; README.md.
+# make demo DEMO_ARGS="--quick" (seconds), DEMO_ARGS="--out DIR --steps N --threads N".
+demo:
+	@MAKE="$(MAKE)" scripts/demo.sh $(DEMO_ARGS)
 
 bench: build/loraga
 

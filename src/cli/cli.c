@@ -23,7 +23,9 @@ void lg_print_opts(const lg_opt *opts, int nopts, const char *usage) {
                                                          : "";
         char left[64];
         snprintf(left, sizeof left, "%s%s", opts[i].name, arg);
-        printf("  %-24s %s\n", left, opts[i].help);
+        /* a flag without a stated default is off unless given: say so, so every line has its default */
+        int say_off = opts[i].type == LG_OPT_FLAG && !strstr(opts[i].help, "default");
+        printf("  %-24s %s%s\n", left, opts[i].help, say_off ? " (default off)" : "");
     }
     printf("  %-24s %s\n", "--help", "show this help");
 }
@@ -65,7 +67,7 @@ int lg_parse_opts(int argc, char **argv, const lg_opt *opts, int nopts, const ch
         }
         const char *v = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
         if (!v) {
-            fprintf(stderr, "loraga %s: option %s needs a value\n", argv[0], o->name);
+            fprintf(stderr, "loraga %s: option %s needs a value (see loraga %s --help)\n", argv[0], o->name, argv[0]);
             return -1;
         }
         char *end;
@@ -91,7 +93,10 @@ int lg_parse_opts(int argc, char **argv, const lg_opt *opts, int nopts, const ch
         }
         continue;
     bad:
-        fprintf(stderr, "loraga %s: option %s: '%s' is not a valid value\n", argv[0], o->name, v);
+        fprintf(stderr, "loraga %s: option %s: '%s' is not a valid value (expected %s)\n", argv[0], o->name, v,
+                o->type == LG_OPT_INT     ? "a whole number, e.g. 100"
+                : o->type == LG_OPT_FLOAT ? "a number, e.g. 1e-4"
+                                          : "a size, e.g. 512M or 2G");
         return -1;
     }
     return 0;

@@ -9,7 +9,8 @@
  *   loraga  LoRA-GA estimation: the gradients of the 7 x layers target weights accumulated over
  *           --ga-batches batches (all / serial / sketch, --ga-mode), then the top-2r triplets by a
  *           randomised SVD with q = 4r and 4 power iterations (torch.svd_lowrank(q=4r, niter=4)).
- *           Done twice in the process, as the torch script does; tokens/s is the median batch. */
+ *           Done --ga-reps times (default 2, as the torch script) after an untimed warm-up; tokens/s
+ *           is the median estimation batch. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -126,7 +127,7 @@ static void batch_free(lg_batch *b) { free(b->inputs), free(b->targets), free(b-
 
 int cmd_bench(int argc, char **argv) {
     const char *config = "small", *mode = "fwd", *ga_mode_s = "all";
-    int threads = 0, steps = 10, warmup = 3, json = 0, ga_batches = 8, ga_k = 0, rank = 8;
+    int threads = 0, steps = 10, warmup = 3, json = 0, ga_batches = 8, ga_k = 0, rank = 8, ga_reps = 2;
     size_t ga_mem = 0;
     lg_opt opts[] = {
         {"--config", LG_OPT_STR, &config, "tiny or small (default small)"},
@@ -139,6 +140,7 @@ int cmd_bench(int argc, char **argv) {
         {"--ga-mode", LG_OPT_STR, &ga_mode_s, "loraga: all | serial | sketch (default all)"},
         {"--ga-mem", LG_OPT_SIZE, &ga_mem, "loraga serial: gradient bytes per group (default: one layer's targets)"},
         {"--ga-sketch-k", LG_OPT_INT, &ga_k, "loraga sketch: width k (default 8r)"},
+        {"--ga-reps", LG_OPT_INT, &ga_reps, "loraga: timed repetitions of estimation + factorisation (default 2)"},
         {"--json", LG_OPT_FLAG, &json, "print one JSON line"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
@@ -156,8 +158,8 @@ int cmd_bench(int argc, char **argv) {
         lg_errorf("--mode '%s': expected fwd, full, lora or loraga", mode);
         return lg_cli_fail();
     }
-    if (steps < 1 || warmup < 0 || ga_batches < 1 || rank < 1) {
-        lg_errorf("--steps, --ga-batches and --rank must be >= 1, --warmup >= 0");
+    if (steps < 1 || warmup < 0 || ga_batches < 1 || rank < 1 || ga_reps < 1 || ga_reps > 8) {
+        lg_errorf("--steps, --ga-batches and --rank must be >= 1, --ga-reps 1..8, --warmup >= 0");
         return lg_cli_fail();
     }
     lg_ga_opts go;
@@ -264,7 +266,7 @@ int cmd_bench(int argc, char **argv) {
             gs.b[i] = batch_alloc(B, T);
             fill_random(&gs.b[i], bc->vocab, &r);
         }
-        gs.cap = 4L * ga_batches * (bc->layers + 1) + 16;
+        gs.cap = (long)ga_batches * (lg_adapters_count(ad) + 1) + 16; /* serial: at most one pass per target */
         gs.stamps = lg_calloc((size_t)gs.cap, sizeof(double));
         go.batch_size = B;
         go.seq_len = T;
@@ -273,7 +275,7 @@ int cmd_bench(int argc, char **argv) {
         go.progress = ga_progress;
         go.progress_ud = &gs;
         go.seed = 0;
-        lg_ga_report rep[2], wrep;
+        lg_ga_report rep[8], wrep;
         if (warmup > 0) { /* untimed: first touch of every buffer, BLAS thread start-up */
             lg_ga_opts wo = go;
             wo.batches = LG_MIN(warmup, ga_batches);
@@ -281,8 +283,8 @@ int cmd_bench(int argc, char **argv) {
             if (lg_loraga_init(m, ad, &wo, ga_next, &gs, &wrep) != 0) goto done;
         }
         go.batches = ga_batches;
-        times = lg_calloc((size_t)gs.cap, sizeof(double));
-        for (int rp = 0; rp < 2; rp++) {
+        times = lg_calloc((size_t)gs.cap * ga_reps, sizeof(double));
+        for (int rp = 0; rp < ga_reps; rp++) {
             gs.nstamps = 0;
             double t0 = lg_now();
             if (lg_loraga_init(m, ad, &go, ga_next, &gs, &rep[rp]) != 0) goto done;
@@ -290,15 +292,19 @@ int cmd_bench(int argc, char **argv) {
              * pass's set-up (planning, hooks), as the torch script's first step includes its own */
             for (long i = 0; i < gs.nstamps; i++) times[ntimes++] = gs.stamps[i] - (i ? gs.stamps[i - 1] : t0);
         }
-        loss = (float)rep[1].mean_loss;
-        const lg_ga_report *R = rep;
+        const lg_ga_report *R = &rep[ga_reps - 1];
+        loss = (float)R->mean_loss;
+        char est[128] = "", fac[128] = "";
+        for (int rp = 0; rp < ga_reps; rp++) {
+            snprintf(est + strlen(est), sizeof est - strlen(est), "%s%.3f", rp ? ", " : "", rep[rp].estimate_seconds);
+            snprintf(fac + strlen(fac), sizeof fac - strlen(fac), "%s%.3f", rp ? ", " : "", rep[rp].factorise_seconds);
+        }
         snprintf(extra, sizeof extra,
                  ", \"ga_mode\": \"%s\", \"ga_batches\": %d, \"n_target_weights\": %d, \"target_params\": %lld, "
-                 "\"ga_accum_s\": [%.3f, %.3f], \"svd_lowrank_s\": [%.3f, %.3f], \"passes\": %d, \"groups\": %d, "
+                 "\"ga_accum_s\": [%s], \"svd_lowrank_s\": [%s], \"passes\": %d, \"groups\": %d, "
                  "\"ga_mem_budget_mb\": %.1f, \"ga_extra_mb\": %.1f, \"targets_fp32_mb\": %.1f, \"sketch_k\": %d",
-                 ga_mode_s, ga_batches, lg_adapters_count(ad), (long long)target_floats, R[0].estimate_seconds,
-                 R[1].estimate_seconds, R[0].factorise_seconds, R[1].factorise_seconds, R[1].passes, R[1].groups,
-                 go.mode == LG_GA_SERIAL ? go.mem_budget / 1048576.0 : 0.0, R[1].extra_bytes / 1048576.0,
+                 ga_mode_s, ga_batches, lg_adapters_count(ad), (long long)target_floats, est, fac, R->passes, R->groups,
+                 go.mode == LG_GA_SERIAL ? go.mem_budget / 1048576.0 : 0.0, R->extra_bytes / 1048576.0,
                  target_floats * 4 / 1048576.0, go.mode == LG_GA_SKETCH ? (ga_k > 0 ? ga_k : 8 * rank) : 0);
     }
     qsort(times, (size_t)ntimes, sizeof(double), cmp_double);

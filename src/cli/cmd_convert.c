@@ -15,7 +15,9 @@ static const char *USAGE =
     "tokenizer_config.json). llama2.c q/k weights are permuted to HF's rotate-half RoPE, so\n"
     "transformers computes the same logits as llama2.c on the original file. GGUF tensors\n"
     "(F32/F16/BF16/Q8_0/Q4_0/Q4_1) are dequantised and written as float32 unless --dtype says\n"
-    "otherwise; the tokenizer and chat template come from the GGUF metadata.";
+    "otherwise; the tokenizer and chat template come from the GGUF metadata.\n"
+    "example: loraga convert --from gguf --model SmolLM2-135M-Instruct.Q4_1.gguf --out smol\n"
+    "(a Hugging Face directory needs no conversion: pass it to train/eval/generate as it is)";
 
 /* llama2.c keeps the tokenizer beside the model: tokenizer.bin, or tok<N>.bin for custom vocabularies. */
 static char *find_tokenizer(const char *model, int vocab) {
@@ -89,10 +91,10 @@ fail:
 int cmd_convert(int argc, char **argv) {
     const char *from = NULL, *model = NULL, *tok = NULL, *out = NULL, *dtype = NULL;
     lg_opt opts[] = {
-        {"--from", LG_OPT_STR, &from, "source format: llama2c or gguf"},
-        {"--model", LG_OPT_STR, &model, "model file"},
+        {"--from", LG_OPT_STR, &from, "required: source format, llama2c or gguf"},
+        {"--model", LG_OPT_STR, &model, "required: the model file (llama2.c .bin or .gguf)"},
         {"--tokenizer", LG_OPT_STR, &tok, "llama2.c tokenizer.bin (default: tok<vocab>.bin or tokenizer.bin beside the model)"},
-        {"--out", LG_OPT_STR, &out, "output directory (must not exist or be empty)"},
+        {"--out", LG_OPT_STR, &out, "required: output directory (must not exist or be empty)"},
         {"--dtype", LG_OPT_STR, &dtype, "float32 (default), bfloat16 or float16"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);

@@ -18,10 +18,12 @@
 static const char *USAGE =
     "usage: loraga eval --model DIR [--adapter ADIR] --data FILE [--task lm|sst2|mrpc|gsm8k] [--json]\n"
     "lm (default): each row is a document: BOS + its tokens, truncated to the model's maximum length;\n"
-    "  loss = mean negative log-likelihood over all predicted tokens; perplexity = exp(loss).\n"
+    "  loss = mean negative log-likelihood over all predicted tokens (prompt/completion rows: the\n"
+    "  completion's; chat rows: the assistant turns'); perplexity = exp(loss).\n"
     "sst2, mrpc: GLUE TSV (or JSONL); accuracy of the label whose completion is most likely.\n"
     "gsm8k: JSONL {question, answer}; exact match of the final number of a greedy answer.\n"
-    "Prompts and scoring: docs/interop.md.";
+    "Prompts and scoring: docs/interop.md.\n"
+    "example: loraga eval --model smol --adapter run --data demo/heldout.jsonl --json";
 
 static void progress(int done, int total, void *ud) {
     (void)ud;
@@ -129,22 +131,23 @@ int cmd_eval(int argc, char **argv) {
     const char *shots_data = NULL, *pred_path = NULL, *rows_path = NULL;
     int json = 0, max_len = 0, skip_bad = 0, limit = 0, shots = 0, max_tokens = 256;
     lg_opt opts[] = {
-        {"--model", LG_OPT_STR, &model, "Hugging Face model directory (or llama2.c .bin with --tokenizer)"},
+        {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
         {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
-        {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory (loraga's or PEFT's) applied to the model"},
-        {"--data", LG_OPT_STR, &data, "lm: JSONL rows ({\"text\"} or {\"prompt\",\"completion\"}) or .txt; tasks: the task file"},
+        {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory (loraga's or PEFT's) applied to the model (default: none)"},
+        {"--data", LG_OPT_STR, &data, "required. lm: JSONL rows ({\"text\"}, {\"prompt\",\"completion\"}, chat {\"messages\"}) or .txt; tasks: the task file"},
         {"--task", LG_OPT_STR, &task, "lm (default), sst2, mrpc or gsm8k"},
         {"--max-len", LG_OPT_INT, &max_len, "lm: truncate documents to this many tokens (default: the model's maximum)"},
         {"--skip-bad", LG_OPT_FLAG, &skip_bad, "lm: skip malformed rows (counted) instead of stopping"},
         {"--dump-logits", LG_OPT_STR, &dump,
-         "lm: also write every document's ids and logits to this safetensors file (ids.N, logits.N)"},
+         "lm: also write every document's ids and logits to this safetensors file (ids.N, logits.N;\n"
+         "                           default: not written)"},
         {"--limit", LG_OPT_INT, &limit, "tasks: evaluate the first N examples only (default: all)"},
         {"--shots", LG_OPT_INT, &shots, "tasks: few-shot examples before each prompt (default 0)"},
         {"--shots-data", LG_OPT_STR, &shots_data, "tasks: take the shots from this file (default: the first rows of --data, then not scored)"},
         {"--max-tokens", LG_OPT_INT, &max_tokens, "gsm8k: tokens generated per answer (default 256)"},
-        {"--predictions", LG_OPT_STR, &pred_path, "tasks: write one JSON line per example here"},
-        {"--write-rows", LG_OPT_STR, &rows_path, "tasks: write the examples as prompt/completion JSONL (for train) instead of evaluating"},
-        {"--json", LG_OPT_FLAG, &json, "print one JSON object"},
+        {"--predictions", LG_OPT_STR, &pred_path, "tasks: write one JSON line per example here (default: not written)"},
+        {"--write-rows", LG_OPT_STR, &rows_path, "tasks: write the examples as prompt/completion JSONL (for train) instead of evaluating (default: evaluate)"},
+        {"--json", LG_OPT_FLAG, &json, "print one JSON object (default: a one-line summary)"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
     if (pr) return pr > 0 ? 0 : 2;

@@ -16,7 +16,11 @@ static const char *USAGE =
     "                       [--top-k N] [--top-p X] [--seed N]\n"
     "The prompt is BOS (where the tokenizer adds one) + its tokens; the prompt and then the continuation are\n"
     "printed as they come. --temperature 0 is greedy decoding. Generation stops at EOS, after\n"
-    "--max-tokens, or when the model's context is full. Same seed, same options: same text.";
+    "--max-tokens, or when the model's context is full. Same seed, same options: same text.\n"
+    "A chat model wants its chat template in the prompt (the template is not applied here), e.g. for\n"
+    "SmolLM2 / ChatML (make demo also puts first the system turn SmolLM2's template adds by default):\n"
+    "  loraga generate --model smol --adapter run --temperature 0 --no-echo \\\n"
+    "    --prompt $'<|im_start|>user\\nWhat is the capital of Peru?<|im_end|>\\n<|im_start|>assistant\\n'";
 
 typedef struct {
     lg_text_stream *ts;
@@ -43,10 +47,10 @@ int cmd_generate(int argc, char **argv) {
     int max_tokens = 256, top_k = 0, seed = 42, no_echo = 0, ignore_eos = 0, stats = 0;
     float temperature = 1.0f, top_p = 1.0f;
     lg_opt opts[] = {
-        {"--model", LG_OPT_STR, &model, "Hugging Face model directory (or llama2.c .bin with --tokenizer)"},
+        {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
         {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
-        {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory applied to the model"},
-        {"--prompt", LG_OPT_STR, &prompt, "text to continue (may be empty when the tokenizer has a BOS token)"},
+        {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory applied to the model (default: none)"},
+        {"--prompt", LG_OPT_STR, &prompt, "required: text to continue (may be empty when the tokenizer has a BOS token)"},
         {"--max-tokens", LG_OPT_INT, &max_tokens, "new tokens at most (default 256)"},
         {"--temperature", LG_OPT_FLOAT, &temperature, "softmax temperature; 0 = greedy (default 1.0)"},
         {"--top-k", LG_OPT_INT, &top_k, "sample among the k most likely tokens; 0 = all (default 0)"},

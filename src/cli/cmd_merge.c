@@ -13,7 +13,8 @@
 static const char *USAGE =
     "usage: loraga merge --model DIR --adapter ADIR --out DIR2 [--dtype float32|bfloat16|float16]\n"
     "Writes DIR2 (must not exist, or be empty; written atomically): model.safetensors with the adapter\n"
-    "merged, in the base's dtype unless --dtype, config.json, and the base's tokenizer files.";
+    "merged, in the base's dtype unless --dtype, config.json, and the base's tokenizer files.\n"
+    "example: loraga merge --model smol --adapter run --out smol-merged   (then: loraga generate --model smol-merged)";
 
 /* Files of a Hugging Face model directory that travel with the weights unchanged. */
 static const char *const TOKENIZER_FILES[] = {"tokenizer.json",  "tokenizer_config.json", "special_tokens_map.json",
@@ -33,11 +34,11 @@ static int copy_file(const char *from, const char *to) {
 int cmd_merge(int argc, char **argv) {
     const char *model = NULL, *adapter = NULL, *out = NULL, *dtype = NULL, *tokp = NULL;
     lg_opt opts[] = {
-        {"--model", LG_OPT_STR, &model, "base model: Hugging Face directory (or llama2.c .bin / GGUF with --tokenizer)"},
-        {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory (loraga's or PEFT's)"},
-        {"--out", LG_OPT_STR, &out, "output Hugging Face directory"},
+        {"--model", LG_OPT_STR, &model, "required: base model, Hugging Face directory (or llama2.c .bin / GGUF with --tokenizer)"},
+        {"--adapter", LG_OPT_STR, &adapter, "required: PEFT LoRA adapter directory (loraga's or PEFT's)"},
+        {"--out", LG_OPT_STR, &out, "required: output Hugging Face directory (must not exist, or be empty)"},
         {"--dtype", LG_OPT_STR, &dtype, "float32, bfloat16 or float16 (default: the base's torch_dtype)"},
-        {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer to write when the base is not an HF directory"},
+        {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer to write when the base is not an HF directory (default: the base directory's files)"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
     if (pr) return pr > 0 ? 0 : 2;

@@ -91,10 +91,10 @@ int cmd_tokenize(int argc, char **argv) {
     const char *tok_path = NULL, *text = NULL, *input = NULL;
     int add_special = 0;
     const lg_opt opts[] = {
-        {"--tokenizer", LG_OPT_STR, &tok_path, "tokenizer.json, a model directory, or a llama2.c tokenizer.bin"},
-        {"--text", LG_OPT_STR, &text, "text to tokenize"},
-        {"--input", LG_OPT_STR, &input, "JSONL file of {\"text\": ...} rows ('-' = stdin); one array per row"},
-        {"--add-special", LG_OPT_FLAG, &add_special, "add the special tokens the tokenizer adds (e.g. BOS); default off"},
+        {"--tokenizer", LG_OPT_STR, &tok_path, "required: tokenizer.json, a model directory, a .gguf, or a llama2.c tokenizer.bin"},
+        {"--text", LG_OPT_STR, &text, "text to tokenize (this or --input is required)"},
+        {"--input", LG_OPT_STR, &input, "JSONL file of {\"text\": ...} rows ('-' = stdin); one array per row (this or --text is required)"},
+        {"--add-special", LG_OPT_FLAG, &add_special, "add the special tokens the tokenizer adds (e.g. BOS) (default off)"},
     };
     const char *usage = "usage: loraga tokenize --tokenizer PATH [--text STR | --input ROWS.jsonl] [--add-special]";
     int nopts = (int)(sizeof opts / sizeof opts[0]);

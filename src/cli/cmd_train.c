@@ -26,10 +26,10 @@ static const char *USAGE =
     "lora-ga is the paper's recipe: gradient-aligned init (ArB2r, stable scale, gamma 16) with rsLoRA\n"
     "scaling on all linear layers, r 8, alpha 16, estimated on the first 64 x 2 rows in file order;\n"
     "its paper uses the learning rate of full fine-tuning (e.g. 5e-5), smaller than LoRA's usual 1e-4..1e-3.\n"
-    "Flags (no value) are off unless given.\n\n"
+    "\n"
     "example (make demo runs this on SmolLM2-135M-Instruct; README.md):\n"
     "  loraga train --model smol --data demo/train.jsonl --method lora-ga --steps 20 --batch-size 4 \\\n"
-    "      --seq-len 64 --lr 5e-5 --ga-batches 4 --ga-batch-size 4 --out run-ga";
+    "      --seq-len 88 --lr 5e-5 --ga-batches 4 --ga-batch-size 4 --out run-ga";
 
 typedef struct {
     lg_dataset *d;

@@ -24,6 +24,15 @@ static void usage(void) {
            "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         printf("  %-10s %s\n", commands[i].name, commands[i].help);
+    printf("\nstart here (README.md has the whole worked example):\n"
+           "  make demo      LoRA-GA vs LoRA on SmolLM2-135M-Instruct, end to end, in minutes on 2 cores\n"
+           "  loraga convert --from gguf --model SmolLM2-135M-Instruct.Q4_1.gguf --out smol\n"
+           "  loraga train --model smol --data rows.jsonl --method lora-ga --lr 5e-5 --out run\n"
+           "  loraga eval --model smol --adapter run --data heldout.jsonl\n"
+           "  loraga generate --model smol --adapter run --temperature 0 --prompt '...'\n"
+           "  loraga merge --model smol --adapter run --out smol-merged\n"
+           "Every option and its default: loraga <command> --help. LoRA-GA: docs/loraga.md;\n"
+           "training: docs/training.md; PEFT adapters, merge, generate: docs/interop.md.\n");
 }
 
 int main(int argc, char **argv) {
