@@ -362,7 +362,8 @@ class Demo:
                 "rows x %d tokens per method, rank %d on every linear layer, LoRA-GA's gradient on %d rows, %d greedy "
                 "answers; no learning-rate sweep, one seed."
                 % (fmt_s(total), os.cpu_count() or 0,
-                   " (over budget: a busy machine? load average %s at the start)" % a.load if total > 300 else "",
+                   " (over budget: a busy machine? load average %s at the start, %s at the end)"
+                   % (a.load, _load()) if total > 300 else "",
                    a.steps, a.batch_size, a.seq_len, a.rank, a.ga_batches * a.ga_batch_size, 3 * len(base_ans)))
         train_tokens = a.steps * a.batch_size * a.seq_len
         summary = {
@@ -415,6 +416,14 @@ class Demo:
         with open(os.path.join(a.out, "summary.md"), "w", encoding="utf-8") as f:
             f.write("\n".join(lines))
         say("\nwrote %s and summary.json" % os.path.join(a.out, "summary.md"))
+
+
+def _load():
+    try:
+        with open("/proc/loadavg") as f:
+            return f.read().split()[0]
+    except OSError:
+        return "?"
 
 
 def _q(s):
