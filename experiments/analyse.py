@@ -259,10 +259,12 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
                     for r in lr.values():
                         if r.get("cpu_s", 0) > 0:
                             cpu.append(r["cpu_s"])
+        settings = "; ".join(x for x in (last.get("command"), last.get("tasks", last.get("steps")),
+                                          ("rates " + last["lrs"]) if "lrs" in last else None) if x)
         md.append(f"Run: {dates[0] if dates else '?'} to {dates[-1] if dates else '?'} "
-                  f"({len(dates)} invocation(s) of the script, resumed; {sum(walls)} s wall-clock in all) on "
-                  f"{last.get('machine', '?').split(', load')[0]}; last settings: {last.get('command', '')}; "
-                  f"{last.get('tasks', last.get('steps', ''))}; rates {last.get('lrs', '')}."
+                  f"({len(dates)} invocation(s) of the script{', resumed' if len(dates) > 1 else ''}; "
+                  f"{sum(walls)} s wall-clock in all) on {last.get('machine', '?').split(', load')[0]}; "
+                  f"settings: {settings}."
                   + (f" CPU time of the {len(cpu)} runs that recorded it: {sum(cpu):.0f} s "
                      f"(median {sorted(cpu)[len(cpu) // 2]:.1f} s per run)." if cpu else "") + "\n")
     if img_dir:

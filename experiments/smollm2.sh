@@ -3,13 +3,13 @@
 # SmolLM2-135M-Instruct (GGUF Q4_1 from scripts/fetch_smollm2.sh, converted with
 # `loraga convert --from gguf`), on the same SST-2 data as experiments/run.sh.
 #
-# The model is 500× stories260K, so this is one seed and one rate per method (LoRA and LoRA-GA at the
-# same rate, full fine-tuning at a full-FT-sized one), STEPS (40) updates of 8 rows, validation every
-# 10 updates on 32 held-out rows, then the dev-set loss and accuracy (the first DEV_LIMIT = 200 dev
+# The model is 500× stories260K, so this is one seed: LoRA and LoRA-GA at each of RATES (1e-4 3e-4
+# 1e-3), full fine-tuning at RATE_FULL (3e-5); STEPS (40) updates of 8 rows, validation every 10
+# updates on 32 held-out rows, then the dev-set loss and accuracy (the first DEV_LIMIT = 200 dev
 # sentences for the accuracy). One run at a time, THREADS (2) threads, OMP_WAIT_POLICY=passive so that
 # a shared machine does not turn OpenMP's spin-waiting into a slowdown. Results go to DIR (default
 # build/experiments-smollm2); with docs, the block between the "smollm2" markers of
-# docs/experiments.md is rewritten. About 20 minutes on two quiet cores.
+# docs/experiments.md is rewritten. About 25 minutes on two quiet cores.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-python3}
@@ -25,7 +25,7 @@ done
 LORAGA=${LORAGA:-$ROOT/build/loraga}
 DATA=${DATA:-$(cd "$ROOT/.." && pwd)/shared/data}
 STEPS=${STEPS:-40} THREADS=${THREADS:-2} DEV_LIMIT=${DEV_LIMIT:-200}
-LR_ADAPTER=${LR_ADAPTER:-3e-4} LR_FULL=${LR_FULL:-3e-5}
+RATES=${RATES:-1e-4 3e-4 1e-3} RATE_FULL=${RATE_FULL:-3e-5}
 export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS OMP_WAIT_POLICY=passive
 [ -x "$LORAGA" ] || make -C "$ROOT" build/loraga >&2
 mkdir -p "$OUT"
@@ -33,7 +33,7 @@ T0=$(date +%s)
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "machine: $(nproc) CPUs, load at start $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "command: experiments/smollm2.sh (STEPS=$STEPS, THREADS=$THREADS, lr adapters $LR_ADAPTER, full $LR_FULL)"
+    echo "command: experiments/smollm2.sh (STEPS=$STEPS, THREADS=$THREADS, rates adapters $RATES, full $RATE_FULL)"
 } >> "$OUT/setup.txt"
 
 if [ ! -s "$OUT/model/config.json" ]; then
@@ -54,7 +54,10 @@ evaluate() { # OUTFILE model-args...
 
 echo "== base model on dev" >&2
 evaluate "$OUT/base_dev_eval.json" --model "$OUT/model"
-for spec in "lora $LR_ADAPTER" "lora-ga $LR_ADAPTER" "full $LR_FULL"; do
+specs=()
+for lr in $RATES; do specs+=("lora $lr" "lora-ga $lr"); done
+specs+=("full $RATE_FULL")
+for spec in "${specs[@]}"; do
     set -- $spec
     method=$1 lr=$2 run=$OUT/runs/sst2/$1/lr$2_s1
     if [ ! -s "$run/metrics.jsonl" ]; then

@@ -27,7 +27,8 @@
 
 static const char *USAGE =
     "usage: loraga bench --config tiny|small --mode fwd|full|lora|loraga [--threads N] [--steps N] [--json]\n"
-    "       loraga-mode options: [--ga-batches 8] [--ga-mode all|serial|sketch] [--ga-mem BYTES] [--ga-sketch-k K]";
+    "       loraga-mode options: [--ga-batches 8] [--ga-mode all|serial|sketch] [--ga-mem BYTES] [--ga-sketch-k K]\n"
+    "                            [--ga-reps 2]";
 
 typedef struct {
     const char *name;
