@@ -170,11 +170,28 @@ static void test_loraga_run_outputs(void **state) {
     static char out[32768];
     int rc = sh(out, sizeof out,
                 "%s train --model %s --data %s --method lora-ga --steps 10 --batch-size 4 --seq-len 64 --lr 1e-3 "
-                "--ga-batches 8 --save-init --out %s 2>&1",
+                "--ga-batches 8 --save-init --base-dtype bfloat16 --out %s 2>&1",
                 lg_test_bin(), g_hf, train, run);
     if (rc) print_message("%s\n", out);
     assert_int_equal(rc, 0);
     assert_non_null(strstr(out, "alignment error"));
+    assert_non_null(strstr(out, "base weights stored as bfloat16")); /* after the offsets, before training */
+    /* what --base-dtype refuses, with the reason */
+    static char err[4096];
+    const struct {
+        const char *args, *msg;
+    } bad[] = {{"--method full --base-dtype bfloat16", "none stays frozen"},
+               {"--method lora --base-dtype fp8", "expected float32 or bfloat16"},
+               {"--method lora-ga --base-dtype bfloat16 --save-every 5", "not supported for lora-ga"}};
+    for (int i = 0; i < 3; i++) {
+        char *o2 = lg_path_join(g_tmp, "run_bad_dtype");
+        rc = sh(err, sizeof err, "%s train --model %s --data %s %s --steps 2 --out %s 2>&1", lg_test_bin(), g_hf, train,
+                bad[i].args, o2);
+        assert_int_not_equal(rc, 0);
+        if (!strstr(err, bad[i].msg)) fail_msg("%s: expected '%s' in: %s", bad[i].args, bad[i].msg, err);
+        assert_int_equal(lg_file_exists(o2), 0); /* nothing written */
+        free(o2);
+    }
     const char *files[] = {"adapter_model.safetensors", "adapter_config.json", "metrics.jsonl", "loss.svg",
                            "loraga_diagnostics.jsonl", "init_lora_checkpoint/adapter_model.safetensors",
                            "init_lora_checkpoint/adapter_config.json"};

@@ -15,6 +15,7 @@
 #include "core/util.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/model_internal.h" /* wblock_floats: force several row blocks */
 #include "train/train.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -564,6 +565,111 @@ static void test_frozen_base_and_counts(void **state) {
     o.use_dora = 0;
     o.init = LG_INIT_PISSA;
     frozen_case(o);
+}
+
+/* BF16 storage of the frozen base: a model whose weights already hold bf16 values computes the same
+ * loss, adapter gradients and logits after lg_model_store_frozen_bf16 (up to summation order: the
+ * backward GEMM is split into row blocks, forced small here), keeps norms and biases in float32,
+ * reads back the exact bf16 values, saves them, and refuses to make a bf16 weight trainable. */
+static void test_bf16_frozen_base(void **state) {
+    (void)state;
+    const lg_arch archs[3] = {LG_ARCH_LLAMA, LG_ARCH_GPT2, LG_ARCH_LLAMA};
+    for (int k = 0; k < 3; k++) {
+        const int dora = k == 2;
+        lg_model *m[2];
+        lg_adapters *ad[2];
+        for (int j = 0; j < 2; j++) {
+            m[j] = frozen_model(archs[k], 31);
+            for (int i = 0; i < lg_model_n_params(m[j]); i++) { /* round the base to bf16 values */
+                lg_param *p = lg_model_param(m[j], i);
+                if (p->ndim == 2)
+                    for (int64_t e = 0; e < p->numel; e++) p->data[e] = lg_bf16_to_f32(lg_f32_to_bf16(p->data[e]));
+            }
+            lg_lora_opts o = opts_for("all-linear", 3);
+            o.use_dora = dora;
+            assert_int_equal(lg_adapters_attach(m[j], &o, &ad[j]), 0);
+            randomise_sd(ad[j], 5, 0.2f);
+        }
+        const lg_config *c = lg_model_config(m[1]);
+        int64_t f32_bytes = 0;
+        for (int i = 0; i < lg_model_n_params(m[1]); i++)
+            if (lg_model_param(m[1], i)->ndim == 2 && !strstr(lg_model_param(m[1], i)->name, "wpe"))
+                f32_bytes += lg_model_param(m[1], i)->numel * 4;
+        int64_t saved = lg_model_store_frozen_bf16(m[1]);
+        assert_int_equal(saved >= f32_bytes / 2, 1); /* bf16 arena (aligned views) holds every matrix */
+        m[1]->wblock_floats = 2 * c->dim + 3;      /* several blocks, the last one partial */
+        for (int i = 0; i < lg_model_n_params(m[1]); i++) {
+            lg_param *p = lg_model_param(m[1], i), *q = lg_model_param(m[0], i);
+            const int want16 = p->ndim == 2 && !strstr(p->name, "wpe");
+            assert_int_equal(p->bf16 != NULL, want16);
+            assert_int_equal(p->data == NULL, want16);
+            float *back = lg_malloc((size_t)p->numel * sizeof(float));
+            lg_param_read_f32(p, back);
+            assert_memory_equal(back, q->data, (size_t)p->numel * sizeof(float));
+            free(back);
+        }
+        assert_int_equal(lg_model_store_frozen_bf16(m[1]), 0); /* idempotent */
+        lg_batch b;
+        lg_test_random_batch(&b, 2, 6, c->vocab_size, 9);
+        double w[2];
+        float loss[2];
+        for (int j = 0; j < 2; j++) {
+            loss[j] = lg_model_forward(m[j], &b, &w[j]);
+            lg_adapters_zero_grads(ad[j]);
+            lg_model_backward(m[j], &b, (float)(1.0 / w[j]));
+        }
+        assert_true(isfinite(loss[0]));
+        assert_true(fabs(loss[0] - loss[1]) <= 1e-5 * fabs(loss[0]));
+        double worst = 0, gmax = 0;
+        for (int i = 0; i < lg_adapters_count(ad[0]); i++) {
+            lg_lora *a = lg_adapters_get(ad[0], i), *z = lg_adapters_get(ad[1], i);
+            for (int64_t e = 0; e < (int64_t)a->r * a->in; e++) {
+                worst = fmax(worst, fabs(a->dA[e] - z->dA[e]));
+                gmax = fmax(gmax, fabs(a->dA[e]));
+            }
+            for (int64_t e = 0; e < (int64_t)a->out * a->r; e++) {
+                worst = fmax(worst, fabs(a->dB[e] - z->dB[e]));
+                gmax = fmax(gmax, fabs(a->dB[e]));
+            }
+            if (dora)
+                for (int e = 0; e < a->out; e++) worst = fmax(worst, fabs(a->dmag[e] - z->dmag[e]));
+        }
+        print_message("bf16 base, %s%s: loss %.7f vs %.7f, adapter gradients differ by %.2e (max |g| %.2e)\n",
+                      archs[k] == LG_ARCH_GPT2 ? "gpt2" : "llama", dora ? " + DoRA" : "", loss[0], loss[1], worst, gmax);
+        assert_true(gmax > 0 && worst <= 1e-4 * gmax);
+        /* inference plan: logits readable and equal */
+        for (int j = 0; j < 2; j++) {
+            assert_int_equal(lg_model_plan(m[j], 2, 6, 0), 0);
+            lg_model_forward(m[j], &b, &w[j]);
+        }
+        const float *l0 = lg_model_logits(m[0]), *l1 = lg_model_logits(m[1]);
+        double dl = 0;
+        for (int64_t e = 0; e < 12L * c->vocab_size; e++) dl = fmax(dl, fabs(l0[e] - l1[e]));
+        assert_true(dl <= 1e-4);
+        /* a bf16 weight cannot become trainable; norms can */
+        assert_int_equal(lg_model_set_trainable(m[1], NULL, NULL), -1);
+        assert_non_null(strstr(lg_last_error(), "bf16"));
+        if (k == 0) { /* save: the bf16 model writes the same file as the float32 one holding its values */
+            char *dir = lg_test_tmpdir();
+            char *d0 = lg_path_join(dir, "f32"), *d1 = lg_path_join(dir, "bf16");
+            assert_int_equal(lg_model_save_hf(m[0], d0, "float32"), 0);
+            assert_int_equal(lg_model_save_hf(m[1], d1, "float32"), 0);
+            lg_model *r[2];
+            assert_int_equal(lg_model_load(d0, &r[0]), 0);
+            assert_int_equal(lg_model_load(d1, &r[1]), 0);
+            for (int i = 0; i < lg_model_n_params(r[0]); i++)
+                assert_memory_equal(lg_model_param(r[0], i)->data, lg_model_param(r[1], i)->data,
+                                    (size_t)lg_model_param(r[0], i)->numel * sizeof(float));
+            lg_model_free(r[0]);
+            lg_model_free(r[1]);
+            free(d0), free(d1), free(dir);
+        }
+        lg_test_free_batch(&b);
+        for (int j = 0; j < 2; j++) {
+            lg_adapters_free(ad[j]);
+            lg_model_free(m[j]);
+        }
+    }
 }
 
 static void test_loraplus_lr_mult(void **state) {
@@ -1434,6 +1540,7 @@ int main(void) {
         cmocka_unit_test(test_step0_every_method),
         cmocka_unit_test(test_init_distributions),
         cmocka_unit_test(test_frozen_base_and_counts),
+        cmocka_unit_test(test_bf16_frozen_base),
         cmocka_unit_test(test_loraplus_lr_mult),
         cmocka_unit_test(test_targets),
         cmocka_unit_test(test_dropout),

@@ -121,7 +121,7 @@ static inline float e_eff(const lg_lora *a, int k) { return a->rank_mask[k] ? a-
 /* wn[o] = ||W_o + s (B A)_o|| over the input dimension (DoRA; PEFT's get_weight_norm). */
 static void dora_row_norms(const lg_lora *a, float *wfull, float *wn) {
     const int m = a->out, n = a->in;
-    memcpy(wfull, a->lin->w->data, (size_t)m * n * sizeof(float));
+    lg_param_read_f32(a->lin->w, wfull); /* either storage (bf16 frozen base) */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, a->r, a->scale, a->B, a->r, a->A, n, 1.0f, wfull, n);
 #pragma omp parallel for schedule(static) if ((long)m * n > 65536)
     for (int i = 0; i < m; i++) {

@@ -129,6 +129,8 @@ static void batch_free(lg_batch *b) { free(b->inputs), free(b->targets), free(b-
 int cmd_bench(int argc, char **argv) {
     const char *config = "small", *mode = "fwd", *ga_mode_s = "all";
     int threads = 0, steps = 10, warmup = 3, json = 0, ga_batches = 8, ga_k = 0, rank = 8, ga_reps = 2;
+    int recompute = 0;
+    const char *base_dtype = "float32";
     size_t ga_mem = 0;
     lg_opt opts[] = {
         {"--config", LG_OPT_STR, &config, "tiny or small (default small)"},
@@ -142,6 +144,8 @@ int cmd_bench(int argc, char **argv) {
         {"--ga-mem", LG_OPT_SIZE, &ga_mem, "loraga serial: gradient bytes per group (default: one layer's targets)"},
         {"--ga-sketch-k", LG_OPT_INT, &ga_k, "loraga sketch: width k (default 8r)"},
         {"--ga-reps", LG_OPT_INT, &ga_reps, "loraga: timed repetitions of estimation + factorisation (default 2)"},
+        {"--base-dtype", LG_OPT_STR, &base_dtype, "lora: frozen base weights stored as float32 or bfloat16 (default float32)"},
+        {"--recompute", LG_OPT_FLAG, &recompute, "lora / full: keep only each layer's input, recompute in backward"},
         {"--json", LG_OPT_FLAG, &json, "print one JSON line"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
@@ -161,6 +165,15 @@ int cmd_bench(int argc, char **argv) {
     }
     if (steps < 1 || warmup < 0 || ga_batches < 1 || rank < 1 || ga_reps < 1 || ga_reps > 8) {
         lg_errorf("--steps, --ga-batches and --rank must be >= 1, --ga-reps 1..8, --warmup >= 0");
+        return lg_cli_fail();
+    }
+    int base_bf16 = !strcmp(base_dtype, "bfloat16") || !strcmp(base_dtype, "bf16");
+    if (!base_bf16 && strcmp(base_dtype, "float32")) {
+        lg_errorf("--base-dtype '%s': expected float32 or bfloat16", base_dtype);
+        return lg_cli_fail();
+    }
+    if ((base_bf16 && !is_lora) || (recompute && is_fwd) || (recompute && is_ga)) {
+        lg_errorf("--base-dtype bfloat16 is for --mode lora, --recompute for lora and full");
         return lg_cli_fail();
     }
     lg_ga_opts go;
@@ -226,6 +239,7 @@ int cmd_bench(int argc, char **argv) {
         lo.init = is_ga ? LG_INIT_NONE : LG_INIT_KAIMING;
         if (lg_adapters_attach(m, &lo, &ad) != 0) goto done;
         if (is_lora && lg_adapters_opt_tensors(ad, 1.0f, &ot, &nt) != 0) goto done;
+        if (base_bf16) lg_model_store_frozen_bf16(m);
     }
     if (ot) {
         lg_adamw_init(&opt, ot, nt, 0.9f, 0.999f, 1e-8f);
@@ -233,7 +247,7 @@ int cmd_bench(int argc, char **argv) {
     }
 
     if (!is_ga) {
-        if (lg_model_plan(m, B, T, !is_fwd) != 0) goto done;
+        if (lg_model_plan(m, B, T, is_fwd ? 0 : recompute ? LG_PLAN_RECOMPUTE : 1) != 0) goto done;
         times = lg_calloc((size_t)steps, sizeof(double));
         for (int i = 0; i < warmup + steps; i++) {
             double t0 = lg_now(), w;
@@ -317,9 +331,11 @@ int cmd_bench(int argc, char **argv) {
         printf("{\"config\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"tokens_per_step\": %d, \"n_timed\": %ld, "
                "\"step_s_median\": %.4f, \"step_s_min\": %.4f, \"step_s_max\": %.4f, \"tokens_per_s\": %.1f, "
                "\"gflops\": %.1f, \"mflop_per_token\": %.2f, \"peak_rss_mb\": %.1f, \"rss_after_model_mb\": %.1f, "
-               "\"ceiling_gflops\": %.1f, \"share_of_ceiling\": %.3f, \"loss_last\": %.4f%s}\n",
+               "\"ceiling_gflops\": %.1f, \"share_of_ceiling\": %.3f, \"loss_last\": %.4f, \"base_dtype\": \"%s\", "
+               "\"recompute\": %d%s}\n",
                config, mode, omp_get_max_threads(), B * T, ntimes, med, times[0], times[ntimes - 1], tps, gf,
-               fpt / 1e6, rss, rss_model, ceiling, ceiling > 0 ? gf / ceiling : 0.0, loss, extra);
+               fpt / 1e6, rss, rss_model, ceiling, ceiling > 0 ? gf / ceiling : 0.0, loss,
+               base_bf16 ? "bfloat16" : "float32", recompute, extra);
     else
         printf("%s %s: %.1f tokens/s, %.1f GFLOP/s (sgemm ceiling %.1f), step %.4f s, peak RSS %.1f MB\n", config, mode,
                tps, gf, ceiling, med, rss);

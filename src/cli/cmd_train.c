@@ -72,7 +72,7 @@ static void ga_progress(const char *phase, long done, long total, void *ud) {
 /* The command itself; cmd_train (at the end) wraps it in the MPI start and stop. */
 static int train_main(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *method = "lora", *out = NULL, *tokp = NULL, *sched = "constant",
-               *dtype = NULL, *targets = NULL, *init = NULL;
+               *dtype = NULL, *targets = NULL, *init = NULL, *base_dtype = "float32";
     const char *ga_mode = "all", *ga_dir = "ArB2r", *ga_scale = "stable", *ga_variant = "paper", *ga_cache = NULL;
     int seed = 42, pack = 0, skip_bad = 0, rank = 8, use_rslora = 0, use_dora = 0, save_init = 0;
     float val_frac = 0.0f, alpha = 16.0f, dropout = 0.0f, loraplus = 0.0f, ga_gamma = 16.0f;
@@ -108,6 +108,9 @@ static int train_main(int argc, char **argv) {
         {"--pack", LG_OPT_FLAG, &pack, "pack rows into full sequences instead of padding"},
         {"--skip-bad", LG_OPT_FLAG, &skip_bad, "skip malformed rows (counted) instead of stopping"},
         {"--dtype", LG_OPT_STR, &dtype, "full: dtype of the saved model (default: the input's)"},
+        {"--base-dtype", LG_OPT_STR, &base_dtype,
+         "adapters: storage of the frozen base weights, float32 or bfloat16 (half the memory; compute stays "
+         "float32) (default float32)"},
         /* adapters */
         {"--rank", LG_OPT_INT, &rank, "adapter rank r (default 8; AdaLoRA: the initial rank)"},
         {"--alpha", LG_OPT_FLOAT, &alpha, "adapter alpha (default 16)"},
@@ -184,6 +187,25 @@ static int train_main(int argc, char **argv) {
     }
     if (!full && (rank < 1 || !(alpha > 0) || dropout < 0 || dropout >= 1)) {
         lg_errorf("--rank must be >= 1, --alpha > 0 and --dropout in [0, 1)");
+        return lg_cli_fail();
+    }
+    int base_bf16 = !strcmp(base_dtype, "bfloat16") || !strcmp(base_dtype, "bf16");
+    if (!base_bf16 && strcmp(base_dtype, "float32") && strcmp(base_dtype, "f32")) {
+        lg_errorf("--base-dtype %s: expected float32 or bfloat16", base_dtype);
+        free(ck_dir), free(ck_run);
+        return lg_cli_fail();
+    }
+    if (base_bf16 && full) {
+        lg_errorf("--base-dtype bfloat16: full fine-tuning trains every weight, so none stays frozen; drop the "
+                  "option or use an adapter method");
+        free(ck_dir), free(ck_run);
+        return lg_cli_fail();
+    }
+    if (base_bf16 && ckpt && (mi == 5 || is_ga)) { /* their checkpoint holds the offset W in float32 */
+        lg_errorf("--base-dtype bfloat16 with --%s: not supported for %s (its checkpoint keeps the offset base "
+                  "weights in float32); use --base-dtype float32",
+                  resume ? "resume" : save_every > 0 ? "save-every" : "stop-after", method);
+        free(ck_dir), free(ck_run);
         return lg_cli_fail();
     }
     lg_ga_opts go;
@@ -374,6 +396,9 @@ static int train_main(int argc, char **argv) {
             free(idir);
             if (src_rc) goto done;
         }
+        if (base_bf16) /* the base is final now (PiSSA / LoRA-GA offsets applied) */
+            fprintf(stderr, "base weights stored as bfloat16: %.1f MB saved\n",
+                    lg_model_store_frozen_bf16(m) / 1048576.0);
         float ratio = loraplus > 0 ? loraplus : mi == 3 ? 16.0f : 1.0f;
         if (lg_adapters_opt_tensors(ad, ratio, &ot, &nt) != 0) goto done;
         if (mi == 6) {

@@ -94,8 +94,8 @@ int lg_kv_common_prefix(const lg_kv *kv, const int *ids, int n) {
 
 /* ---- the incremental forward ------------------------------------------------------------------ */
 
-static void lin(const lg_model *m, lg_linear *l, float *y, const float *x, int N) {
-    m->ops->linear_forward(y, x, l->w->data, l->b ? l->b->data : NULL, N, l->in, l->out);
+static void lin(lg_model *m, lg_linear *l, float *y, const float *x, int N) {
+    lg_w_forward(m, y, x, l->w, l->b ? l->b->data : NULL, N, l->in, l->out);
     if (l->adapter) lg_adapter_forward(l->adapter, l, y, x, N, 0);
 }
 
@@ -110,7 +110,7 @@ static void norm(const lg_model *m, float *out, float *mean, float *rstd, const 
 /* out (n x H*hd) = attention of queries at positions pos0..pos0+n-1 over the cached keys/values
  * 0..pos0+i (causal). Scores, softmax and weighted sum as the ops kernel computes them. */
 static void attend(lg_kv *kv, float *out, const float *q, int ldq, const float *K, const float *V, int n, int pos0) {
-    const lg_model *m = kv->m;
+    lg_model *m = kv->m;
     const int H = m->cfg.n_heads, hd = m->cfg.head_dim, group = H / m->cfg.n_kv_heads, qd = H * hd, kvd = kv->kvd;
     const float scale = 1.0f / sqrtf((float)hd);
     const int nblk = (n + ATTB - 1) / ATTB, work = H * nblk;
@@ -151,7 +151,7 @@ static void feed_chunk(lg_kv *kv, const int *ids, int n, float *lg, int lo) {
     const int C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, kvd = kv->kvd;
     const int pos0 = kv->len, gpt2 = c->arch == LG_ARCH_GPT2, F = c->hidden_dim;
     float *x = kv->x;
-    ops->embedding_forward(x, ids, m->wte->data, n, C);
+    lg_w_embed(m, x, ids, m->wte, n, C);
     if (gpt2) ops->posemb_forward(x, m->wpe->data, 1, n, C, pos0);
     for (int l = 0; l < c->n_layers; l++) {
         lg_layer *y = &m->layers[l];
@@ -194,7 +194,7 @@ static void feed_chunk(lg_kv *kv, const int *ids, int n, float *lg, int lo) {
     if (!lg || lo >= n) return;
     const int rows = n - lo;
     norm(m, kv->xn, kv->mean, kv->rstd, x + (size_t)lo * C, m->normf_w, m->normf_b, rows);
-    ops->linear_forward(lg, kv->xn, m->lm_head->data, NULL, rows, C, c->vocab_size);
+    lg_w_forward(m, lg, kv->xn, m->lm_head, NULL, rows, C, c->vocab_size);
 }
 
 int lg_kv_feed(lg_kv *kv, const int *ids, int n, float *logits, int all) {

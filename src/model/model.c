@@ -188,6 +188,8 @@ int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed,
 void lg_model_free(lg_model *m) {
     if (!m) return;
     lg_aligned_free(m->param_mem);
+    lg_aligned_free(m->bf16_mem);
+    lg_aligned_free(m->wblock);
     lg_aligned_free(m->grad_mem);
     lg_aligned_free(m->act_mem);
     free(m->acts);
@@ -216,6 +218,9 @@ int lg_model_set_trainable(lg_model *m, int (*want)(const lg_param *p, void *ud)
     lg_aligned_free(m->grad_mem);
     m->grad_mem = NULL;
     int64_t total = 0;
+    for (int i = 0; i < m->nparams; i++)
+        if (m->params[i].bf16 && (!want || want(&m->params[i], ud)))
+            return lg_errorf("%s is stored as bf16 (frozen) and cannot be made trainable", m->params[i].name);
     for (int i = 0; i < m->nparams; i++) {
         m->params[i].grad = NULL;
         if (!want || want(&m->params[i], ud)) total += (m->params[i].numel + 15) & ~(int64_t)15;
@@ -235,6 +240,121 @@ int lg_model_set_trainable(lg_model *m, int (*want)(const lg_param *p, void *ud)
 void lg_model_zero_grads(lg_model *m) {
     for (int i = 0; i < m->nparams; i++)
         if (m->params[i].grad) memset(m->params[i].grad, 0, (size_t)m->params[i].numel * sizeof(float));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* bf16 storage of frozen weights                                                             */
+
+/* The float32 block a bf16 weight is expanded into, a few rows at a time: big enough for the
+ * GEMM to run at full speed (>= 256 rows of a 4096-wide matrix), small enough to stay in L2/L3. */
+#define WBLOCK_FLOATS ((int64_t)1 << 20)
+
+/* Frozen matrices that reach the GEMMs or the embedding lookup (GPT-2's small position table stays). */
+static int is_bf16_candidate(const lg_model *m, const lg_param *p) {
+    return p->ndim == 2 && !p->grad && p->data && p != m->wpe;
+}
+
+int64_t lg_model_store_frozen_bf16(lg_model *m) {
+    int64_t n16 = 0, n32 = 0;
+    for (int i = 0; i < m->nparams; i++) {
+        const lg_param *p = &m->params[i];
+        int64_t a = (p->numel + 31) & ~(int64_t)31; /* 64-byte aligned views in both arenas */
+        if (p->bf16) return 0;                       /* already done */
+        if (is_bf16_candidate(m, p)) n16 += a;
+        else n32 += a;
+    }
+    if (!n16) return 0;
+    uint16_t *mem16 = lg_aligned_alloc((size_t)n16 * sizeof(uint16_t));
+    float *mem32 = lg_aligned_alloc((size_t)(n32 ? n32 : 1) * sizeof(float));
+    int64_t o16 = 0, o32 = 0;
+    for (int i = 0; i < m->nparams; i++) {
+        lg_param *p = &m->params[i];
+        int64_t a = (p->numel + 31) & ~(int64_t)31;
+        if (is_bf16_candidate(m, p)) {
+            uint16_t *d = mem16 + o16;
+            const float *s = p->data;
+#pragma omp parallel for schedule(static) if (p->numel > 65536)
+            for (int64_t e = 0; e < p->numel; e++) d[e] = lg_f32_to_bf16(s[e]);
+            p->bf16 = d;
+            p->data = NULL;
+            o16 += a;
+        } else {
+            memcpy(mem32 + o32, p->data, (size_t)p->numel * sizeof(float));
+            p->data = mem32 + o32;
+            o32 += a;
+        }
+    }
+    lg_aligned_free(m->param_mem);
+    m->param_mem = mem32;
+    m->bf16_mem = mem16;
+    if (!m->wblock) m->wblock = lg_aligned_alloc((size_t)WBLOCK_FLOATS * sizeof(float));
+    m->wblock_floats = WBLOCK_FLOATS;
+    return n16 * (int64_t)sizeof(uint16_t);
+}
+
+void lg_param_read_f32(const lg_param *p, float *dst) {
+    if (!p->bf16) {
+        memcpy(dst, p->data, (size_t)p->numel * sizeof(float));
+        return;
+    }
+#pragma omp parallel for schedule(static) if (p->numel > 65536)
+    for (int64_t e = 0; e < p->numel; e++) dst[e] = lg_bf16_to_f32(p->bf16[e]);
+}
+
+/* Rows [r0, r0 + nr) of a bf16 weight (in columns) as float32 in m->wblock. */
+static const float *wblock_rows(lg_model *m, const lg_param *w, int r0, int nr, int in) {
+    const uint16_t *s = w->bf16 + (int64_t)r0 * in;
+    float *d = m->wblock;
+    const int64_t n = (int64_t)nr * in;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t e = 0; e < n; e++) {
+        uint32_t u = (uint32_t)s[e] << 16;
+        memcpy(&d[e], &u, sizeof u);
+    }
+    return d;
+}
+
+static int wblock_nrows(const lg_model *m, int in) { return (int)LG_MAX(1, m->wblock_floats / in); }
+
+void lg_w_forward(lg_model *m, float *y, const float *x, const lg_param *w, const float *b, int N, int in, int out) {
+    if (!w->bf16) {
+        m->ops->linear_forward(y, x, w->data, b, N, in, out);
+        return;
+    }
+    const int step = wblock_nrows(m, in);
+    for (int r0 = 0; r0 < out; r0 += step) { /* y[:, r0:r0+nr] = x W[r0:r0+nr]^T */
+        int nr = LG_MIN(step, out - r0);
+        m->ops->gemm(0, 1, N, nr, in, 1.0f, x, in, wblock_rows(m, w, r0, nr, in), in, 0.0f, y + r0, out);
+    }
+    if (b) {
+#pragma omp parallel for schedule(static) if ((long)N * out > 65536)
+        for (int i = 0; i < N; i++)
+            for (int o = 0; o < out; o++) y[(int64_t)i * out + o] += b[o];
+    }
+}
+
+void lg_w_backward_dx(lg_model *m, float *dx, const float *dy, const lg_param *w, int N, int in, int out, float alpha,
+                      float beta) {
+    if (!w->bf16) {
+        m->ops->gemm(0, 0, N, in, out, alpha, dy, out, w->data, in, beta, dx, in);
+        return;
+    }
+    const int step = wblock_nrows(m, in);
+    for (int r0 = 0; r0 < out; r0 += step) { /* dx += dy[:, r0:r0+nr] W[r0:r0+nr] */
+        int nr = LG_MIN(step, out - r0);
+        m->ops->gemm(0, 0, N, in, nr, alpha, dy + r0, out, wblock_rows(m, w, r0, nr, in), in, r0 ? 1.0f : beta, dx,
+                     in);
+    }
+}
+
+void lg_w_embed(lg_model *m, float *out, const int *ids, const lg_param *table, int N, int C) {
+    if (!table->bf16) {
+        m->ops->embedding_forward(out, ids, table->data, N, C);
+        return;
+    }
+#pragma omp parallel for schedule(static) if ((long)N * C > 65536)
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) out[(int64_t)i * C + c] = lg_bf16_to_f32(table->bf16[(int64_t)ids[i] * C + c]);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -346,7 +466,7 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
 /* linear layers: the base GEMM plus the optional adapter                                     */
 
 static void linear_fwd(lg_model *m, lg_linear *l, float *y, const float *x, int N) {
-    m->ops->linear_forward(y, x, l->w->data, l->b ? l->b->data : NULL, N, l->in, l->out);
+    lg_w_forward(m, y, x, l->w, l->b ? l->b->data : NULL, N, l->in, l->out);
     if (l->adapter) lg_adapter_forward(l->adapter, l, y, x, N, m->training);
 }
 
@@ -354,8 +474,13 @@ static void linear_fwd(lg_model *m, lg_linear *l, float *y, const float *x, int 
 static void linear_bwd(lg_model *m, lg_linear *l, float *dx, const float *dy, const float *x, int N) {
     const float *dyb = l->adapter ? lg_adapter_backward(l->adapter, l, dx, dy, x, N) : dy;
     float *db = l->b ? l->b->grad : NULL;
-    m->ops->linear_backward(dx, l->w->grad, dyb == dy ? db : NULL, dyb, x, l->w->data, N, l->in, l->out);
-    if (dyb != dy && db) m->ops->linear_backward(NULL, NULL, db, dy, x, l->w->data, N, l->in, l->out);
+    if (l->w->bf16) { /* frozen: dx only (+ the bias gradient) */
+        if (dx) lg_w_backward_dx(m, dx, dyb, l->w, N, l->in, l->out, 1.0f, 1.0f);
+        if (db) m->ops->linear_backward(NULL, NULL, db, dy, x, NULL, N, l->in, l->out);
+    } else {
+        m->ops->linear_backward(dx, l->w->grad, dyb == dy ? db : NULL, dyb, x, l->w->data, N, l->in, l->out);
+        if (dyb != dy && db) m->ops->linear_backward(NULL, NULL, db, dy, x, l->w->data, N, l->in, l->out);
+    }
     if (l->grad_hook) l->grad_hook(l, dyb, x, N, l->grad_hook_ud);
 }
 
@@ -461,7 +586,7 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     }
 
     float *x = m->acts[0].x;
-    ops->embedding_forward(x, b->inputs, m->wte->data, N, C);
+    lg_w_embed(m, x, b->inputs, m->wte, N, C);
     if (gpt2) ops->posemb_forward(x, m->wpe->data, B, T, C, 0);
 
     for (int l = 0; l < c->n_layers; l++) {
@@ -475,7 +600,7 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     }
     if (x != m->x_final) memcpy(m->x_final, x, (size_t)N * C * sizeof(float));
     norm_fwd(m, m->xnf, m->meanf, m->rstdf, m->x_final, m->normf_w, m->normf_b, N);
-    ops->linear_forward(m->logits, m->xnf, m->lm_head->data, NULL, N, C, c->vocab_size);
+    lg_w_forward(m, m->logits, m->xnf, m->lm_head, NULL, N, C, c->vocab_size);
 
     double wsum = 0;
     for (int i = 0; i < N; i++) wsum += b->weight[i];
@@ -506,7 +631,7 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
     if (!m->logits_hold_grad) ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, 1.0f, 1);
     m->logits_hold_grad = 0;
     const int V = c->vocab_size;
-    ops->gemm(0, 0, N, C, V, loss_scale, m->logits, V, m->lm_head->data, C, 0.0f, m->dlogit_x, C);
+    lg_w_backward_dx(m, m->dlogit_x, m->logits, m->lm_head, N, C, V, loss_scale, 0.0f);
     if (m->lm_head->grad) ops->gemm(1, 0, V, C, N, loss_scale, m->logits, V, m->xnf, C, 1.0f, m->lm_head->grad, C);
     memset(m->dres, 0, NC);
     norm_bwd(m, m->dres, m->dlogit_x, m->x_final, m->normf_w, m->normf_b, m->meanf, m->rstdf, N);

@@ -18,8 +18,9 @@ typedef struct {
     int ndim;
     int64_t shape[2];  /* as the model uses it: linear weights (out, in) */
     int64_t numel;
-    float *data;
+    float *data;       /* NULL when stored as bf16 (below) */
     float *grad;       /* NULL: frozen */
+    uint16_t *bf16;    /* non-NULL: a frozen weight stored as bfloat16 (lg_model_store_frozen_bf16) */
     int conv1d;        /* GPT-2 Conv1D: stored (in, out) in files, transposed on load/save */
 } lg_param;
 
@@ -74,6 +75,17 @@ int64_t lg_model_numel(const lg_model *m);
  * none. want NULL = all parameters (full fine-tuning). Replaces any earlier selection. */
 int lg_model_set_trainable(lg_model *m, int (*want)(const lg_param *p, void *ud), void *ud);
 void lg_model_zero_grads(lg_model *m);
+
+/* Store every frozen matrix (linear weights, token embeddings, lm_head; not GPT-2's small
+ * position table) as bfloat16, rounded to nearest even, and compute with it in float32: the GEMMs
+ * convert a block of rows at a time into one small scratch buffer. Halves the memory of a frozen
+ * base. Call once the base is final (after adapter initialisation, which may offset W) and before
+ * anything keeps a pointer to a parameter's data: every parameter's data moves (the float32
+ * ones into a smaller arena). Adapters that read W every step (DoRA) must not be attached.
+ * Returns the bytes saved (0 when nothing is frozen). */
+int64_t lg_model_store_frozen_bf16(lg_model *m);
+/* Copy a parameter as float32 (whatever its storage) into dst (numel floats). */
+void lg_param_read_f32(const lg_param *p, float *dst);
 
 /* Plan activation buffers for batches of B x T (T <= max_seq). training = keep what backward
  * needs. Called once; again only when the shape grows. */

@@ -55,6 +55,17 @@ struct lg_model {
     float *dgate, *dup, *dh;        /* (N, F) */
     float *dlogit_x;                /* (N, C) gradient at the final norm output */
     int logits_hold_grad;           /* a training forward left dL/dlogits (unscaled) in logits */
+    /* bf16 storage of frozen weights (lg_model_store_frozen_bf16) */
+    uint16_t *bf16_mem;
+    float *wblock;                  /* float32 rows of one bf16 weight */
+    int64_t wblock_floats;          /* rows converted at a time <= this / in (tests lower it) */
 };
+
+/* Base GEMMs of a weight in either storage (model.c; generate.c uses them too):
+ * y (N x out) = x (N x in) W^T (+ b);   dx (N x in) = alpha dy (N x out) W + beta dx. */
+void lg_w_forward(lg_model *m, float *y, const float *x, const lg_param *w, const float *b, int N, int in, int out);
+void lg_w_backward_dx(lg_model *m, float *dx, const float *dy, const lg_param *w, int N, int in, int out, float alpha,
+                      float beta);
+void lg_w_embed(lg_model *m, float *out, const int *ids, const lg_param *table, int N, int C);
 
 #endif

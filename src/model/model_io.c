@@ -81,17 +81,27 @@ int lg_model_save_hf(lg_model *m, const char *dir, const char *dtype) {
         it->shape[0] = p->shape[0];
         it->shape[1] = p->shape[1];
         it->data = p->data;
+        float *f32 = p->data;
+        if (p->bf16) { /* a frozen weight kept as bf16: written from its float32 expansion */
+            f32 = owned[i] = lg_malloc((size_t)p->numel * sizeof(float));
+            lg_param_read_f32(p, f32);
+            it->data = f32;
+        }
         int is_qk = strstr(p->name, "self_attn.q_proj.weight") || strstr(p->name, "self_attn.k_proj.weight");
         if (p->conv1d) { /* back to Conv1D's (in, out) */
-            float *t = owned[i] = lg_malloc((size_t)p->numel * sizeof(float));
+            float *t = lg_malloc((size_t)p->numel * sizeof(float));
             for (int64_t o = 0; o < p->shape[0]; o++)
-                for (int64_t k = 0; k < p->shape[1]; k++) t[k * p->shape[0] + o] = p->data[o * p->shape[1] + k];
+                for (int64_t k = 0; k < p->shape[1]; k++) t[k * p->shape[0] + o] = f32[o * p->shape[1] + k];
+            free(owned[i]);
+            owned[i] = t;
             it->shape[0] = p->shape[1];
             it->shape[1] = p->shape[0];
             it->data = t;
         } else if (is_qk && cfg.rope_style == LG_ROPE_INTERLEAVED) {
-            float *t = owned[i] = lg_malloc((size_t)p->numel * sizeof(float));
-            permute_rows_to_half(t, p->data, (int)p->shape[0], (int)p->shape[1], cfg.head_dim);
+            float *t = lg_malloc((size_t)p->numel * sizeof(float));
+            permute_rows_to_half(t, f32, (int)p->shape[0], (int)p->shape[1], cfg.head_dim);
+            free(owned[i]);
+            owned[i] = t;
             it->data = t;
         }
     }
