@@ -296,13 +296,61 @@ static void cpu_rope_backward(float *din, const float *dout, int ld, int B, int 
 
 /* ---- attention ---------------------------------------------------------------------- */
 
+/* e^x written so that the compiler vectorises it: x = n ln2 + r with |r| <= ln2/2, e^r by its
+ * degree-6 Taylor polynomial (relative error < 2e-7), 2^n built in the exponent bits. x is clamped
+ * to [-87, 88]: e^-87 (~1e-38) stands for 0 and e^88 (~1.6e38) for overflow, which no caller's
+ * result distinguishes from the true value after the division it feeds (softmax, sigmoid). */
+static inline float exp_vec(float x) {
+    x = x > -87.0f ? x : -87.0f; /* also maps NaN to -87: a softmax's NaN still reaches the loss via max */
+    x = x < 88.0f ? x : 88.0f;
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick: no libm call, so the loop vectorises (floorf
+     * would stay a scalar call without -fno-trapping-math) */
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n); /* a bit cast the vectoriser understands */
+    return p * two_n;
+}
+
+/* In place: p[0..n) = softmax(p[0..n)), vectorised (its own function so the loops are plain). */
+static void softmax_row(float *restrict p, int n) {
+    float mx = p[0];
+#pragma omp simd reduction(max : mx)
+    for (int s = 1; s < n; s++) mx = p[s] > mx ? p[s] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int s = 0; s < n; s++) {
+        float e = exp_vec(p[s] - mx);
+        p[s] = e;
+        sum += e;
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int s = 0; s < n; s++) p[s] *= inv;
+}
+
+/* In place: ds[0..n) = p (ds - <p, ds>), the softmax backward of one row. */
+static void softmax_bwd_row(float *restrict ds, const float *restrict p, int n) {
+    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int s = 0; s < n; s++) dot += p[s] * ds[s];
+#pragma omp simd
+    for (int s = 0; s < n; s++) ds[s] = p[s] * (ds[s] - dot);
+}
+
+/* Query rows per block in attention backward: dS (rows x T) lives on the stack, DS_MAX floats. */
+#define DS_MAX 8192
+static int att_bwd_rows(int T) { return LG_MAX(1, LG_MIN(ATT_BLOCK, DS_MAX / T)); }
+
 /* Per (b, h), in row blocks [r0, r1) of queries:
  *   S = scale Q[r0:r1] K[0:r1]^T  -> causal softmax in place in probs -> O[r0:r1] = P V[0:r1].
  * q (B, T, *) stride ldq, k/v stride ldk/ldv, out (B, T, H*hd) dense, probs (B, H, T, T). */
 static void cpu_attention_forward(float *out, float *probs, const float *q, int ldq,
                                   const float *k, int ldk, const float *v, int ldv, int B, int T,
                                   int H, int KV, int hd) {
-    int group = H / KV, ldo = H * hd;
+    int group = H / KV, ldo = H * hd, brows = att_bwd_rows(T);
     float scale = 1.0f / sqrtf((float)hd);
     /* OpenBLAS (OpenMP build) runs single-threaded when called inside a parallel region. */
 #pragma omp parallel for schedule(dynamic, 1) if ((long)B * H * T * T * hd >= PAR_MIN && B * H > 1)
@@ -319,16 +367,11 @@ static void cpu_attention_forward(float *out, float *probs, const float *q, int 
                      P + (long)r0 * T, T);
             for (int t = r0; t < r1; t++) {
                 float *p = P + (long)t * T;
-                float mx = p[0];
-                for (int s = 1; s <= t; s++) mx = p[s] > mx ? p[s] : mx;
-                float sum = 0.0f;
-                for (int s = 0; s <= t; s++) {
-                    p[s] = expf(p[s] - mx);
-                    sum += p[s];
-                }
-                float inv = 1.0f / sum;
-                for (int s = 0; s <= t; s++) p[s] *= inv;
-                for (int s = t + 1; s < T; s++) p[s] = 0.0f;
+                softmax_row(p, t + 1);
+                /* zeros above the diagonal only as far as a block GEMM reads them (here and in
+                 * backward); the rest of the row is never read */
+                int z1 = LG_MIN(T, LG_MAX(r1, (t / brows + 1) * brows));
+                if (z1 > t + 1) memset(p + t + 1, 0, (size_t)(z1 - t - 1) * sizeof(float));
             }
             cpu_gemm(0, 0, m, hd, r1, 1.0f, P + (long)r0 * T, T, vb, ldv, 0.0f,
                      ob + (long)r0 * ldo, ldo);
@@ -343,7 +386,6 @@ static void cpu_attention_forward(float *out, float *probs, const float *q, int 
  * straight into dk/dv without races or scratch, and the result does not depend on the thread
  * count. dS lives on the stack: the row block shrinks for long sequences to keep it at most
  * DS_MAX floats, so a training step allocates nothing here. */
-#define DS_MAX 8192
 static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
                                    const float *q, int ldq, const float *k, int ldk,
                                    const float *v, int ldv, const float *probs, int B, int T,
@@ -352,7 +394,7 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
     int group = H / KV, ldo = H * hd;
     float scale = 1.0f / sqrtf((float)hd);
     int need_ds = dq || dk;
-    int rows = LG_MAX(1, LG_MIN(ATT_BLOCK, DS_MAX / T)); /* query rows per block */
+    int rows = att_bwd_rows(T); /* query rows per block */
     int par = (long)B * H * T * T * hd >= PAR_MIN && B * KV > 1;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
     for (int bk = 0; bk < B * KV; bk++) {
@@ -377,10 +419,7 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
                 cpu_gemm(0, 1, m, r1, hd, 1.0f, gob + (long)r0 * ldo, ldo, vb, ldv, 0.0f, dS, r1);
                 for (int t = r0; t < r1; t++) {
                     float *ds = dS + (long)(t - r0) * r1;
-                    const float *p = P + (long)t * T;
-                    float dot = 0.0f;
-                    for (int s2 = 0; s2 <= t; s2++) dot += p[s2] * ds[s2];
-                    for (int s2 = 0; s2 <= t; s2++) ds[s2] = p[s2] * (ds[s2] - dot);
+                    softmax_bwd_row(ds, P + (long)t * T, t + 1);
                     for (int s2 = t + 1; s2 < r1; s2++) ds[s2] = 0.0f;
                 }
                 if (dqb) cpu_gemm(0, 0, m, hd, r1, scale, dS, r1, kb, ldk, 1.0f, dqb + (long)r0 * ldq, ldq);
@@ -394,19 +433,28 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
 
 /* out (n) = silu(gate) * up, silu(g) = g sigmoid(g). */
 static void cpu_swiglu_forward(float *out, const float *gate, const float *up, long n) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (long i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + exp_vec(-g)) * up[i];
     }
 }
 
 /* dgate += dout up sig (1 + g (1 - sig));  dup += dout silu(g). */
 static void cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
                                 const float *up, long n) {
+    if (dgate && dup) { /* the usual case, as one vectorised loop */
+#pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
+        for (long i = 0; i < n; i++) {
+            float g = gate[i], sig = 1.0f / (1.0f + exp_vec(-g));
+            dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+            dup[i] += dout[i] * g * sig;
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (long i = 0; i < n; i++) {
-        float g = gate[i], sig = 1.0f / (1.0f + expf(-g));
+        float g = gate[i], sig = 1.0f / (1.0f + exp_vec(-g));
         if (dgate) dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
         if (dup) dup[i] += dout[i] * g * sig;
     }
@@ -441,20 +489,6 @@ static void cpu_gelu_backward(float *din, const float *dout, const float *in, lo
  * The sum is formed per fixed block of rows and the blocks added in order, so the loss is
  * bit-identical whatever the thread count (an OpenMP reduction is not). */
 #define CE_ROWS 8
-/* e^x for the x <= 0 of a softmax (logit - max), written so that the compiler vectorises it:
- * x = n ln2 + r with |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error
- * < 2e-7), 2^n built in the exponent bits. Arguments below -87 give e^-87 (~1e-38), not 0. */
-static inline float exp_nonpos(float x) {
-    x = x > -87.0f ? x : -87.0f; /* also maps NaN to -87: the NaN still reaches the loss via max */
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
-    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n); /* a bit cast the vectoriser understands */
-    return p * two_n;
-}
-
 /* One row: returns w·nll; with want_grad overwrites the row with dscale·w·(softmax - onehot).
  * A function of its own so that the vectoriser sees plain loops (not an OpenMP body). */
 static double ce_row(float *restrict l, int V, int tgt, float w, float dscale, int want_grad) {
@@ -470,13 +504,13 @@ static double ce_row(float *restrict l, int V, int tgt, float w, float dscale, i
         if (want_grad) { /* one pass: keep e^(l - max) for the gradient */
 #pragma omp simd reduction(+ : part_sum)
             for (int j = j0; j < j1; j++) {
-                float e = exp_nonpos(l[j] - mx);
+                float e = exp_vec(l[j] - mx);
                 l[j] = e;
                 part_sum += e;
             }
         } else {
 #pragma omp simd reduction(+ : part_sum)
-            for (int j = j0; j < j1; j++) part_sum += exp_nonpos(l[j] - mx);
+            for (int j = j0; j < j1; j++) part_sum += exp_vec(l[j] - mx);
         }
         sum += part_sum;
     }
