@@ -6,6 +6,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -670,6 +671,66 @@ static void test_bf16_frozen_base(void **state) {
             lg_model_free(m[j]);
         }
     }
+}
+
+/* Shapes big enough that the adapter GEMMs split their output between threads (skinny_gemm):
+ * loss and every adapter gradient agree between one and two threads, with and without dropout. */
+static void test_adapter_threads_agree(void **state) {
+    (void)state;
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 64, 1);
+    c.dim = 128, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 32, c.hidden_dim = 160, c.max_seq = 64;
+    const int saved = omp_get_max_threads();
+    for (int drop = 0; drop < 2; drop++) {
+        float loss[2];
+        float *grads[2] = {NULL, NULL};
+        int64_t ng = 0;
+        for (int k = 0; k < 2; k++) {
+            omp_set_num_threads(k + 1);
+            lg_model *m;
+            assert_int_equal(lg_model_create(&c, NULL, 5, &m), 0);
+            assert_int_equal(lg_model_set_trainable(m, want_none, NULL), 0);
+            assert_int_equal(lg_model_plan(m, 4, 64, 1), 0);
+            lg_lora_opts o = opts_for("all-linear", 8);
+            o.dropout = drop ? 0.25f : 0.0f;
+            lg_adapters *ad;
+            assert_int_equal(lg_adapters_attach(m, &o, &ad), 0);
+            randomise_sd(ad, 7, 0.1f);
+            lg_batch b;
+            lg_test_random_batch(&b, 4, 64, c.vocab_size, 13);
+            double w;
+            loss[k] = lg_model_forward(m, &b, &w);
+            lg_adapters_zero_grads(ad);
+            lg_model_backward(m, &b, (float)(1.0 / w));
+            ng = 0;
+            for (int i = 0; i < lg_adapters_count(ad); i++) {
+                lg_lora *l = lg_adapters_get(ad, i);
+                ng += (int64_t)l->r * (l->in + l->out);
+            }
+            grads[k] = lg_malloc((size_t)ng * sizeof(float));
+            int64_t off = 0;
+            for (int i = 0; i < lg_adapters_count(ad); i++) {
+                lg_lora *l = lg_adapters_get(ad, i);
+                memcpy(grads[k] + off, l->dA, (size_t)l->r * l->in * sizeof(float));
+                off += (int64_t)l->r * l->in;
+                memcpy(grads[k] + off, l->dB, (size_t)l->r * l->out * sizeof(float));
+                off += (int64_t)l->r * l->out;
+            }
+            lg_test_free_batch(&b);
+            lg_adapters_free(ad);
+            lg_model_free(m);
+        }
+        double worst = 0, gmax = 0;
+        for (int64_t e = 0; e < ng; e++) {
+            worst = fmax(worst, fabs(grads[0][e] - grads[1][e]));
+            gmax = fmax(gmax, fabs(grads[0][e]));
+        }
+        print_message("adapter GEMMs, 1 vs 2 threads%s: loss %.7f vs %.7f, gradients differ by %.2e (max %.2e)\n",
+                      drop ? ", dropout 0.25" : "", loss[0], loss[1], worst, gmax);
+        assert_true(fabs(loss[0] - loss[1]) <= 1e-5 * fabs(loss[0]));
+        assert_true(gmax > 0 && worst <= 1e-5 * gmax);
+        free(grads[0]), free(grads[1]);
+    }
+    omp_set_num_threads(saved);
 }
 
 static void test_loraplus_lr_mult(void **state) {
@@ -1541,6 +1602,7 @@ int main(void) {
         cmocka_unit_test(test_init_distributions),
         cmocka_unit_test(test_frozen_base_and_counts),
         cmocka_unit_test(test_bf16_frozen_base),
+        cmocka_unit_test(test_adapter_threads_agree),
         cmocka_unit_test(test_loraplus_lr_mult),
         cmocka_unit_test(test_targets),
         cmocka_unit_test(test_dropout),

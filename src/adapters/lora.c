@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 #include <lapacke.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,29 @@ static void dora_row_norms(const lg_lora *a, float *wfull, float *wn) {
 /* ------------------------------------------------------------------------------------------ */
 /* the hook                                                                                   */
 
+/* The adapter GEMMs are skinny (one side is r): OpenBLAS's own threading of such shapes costs more
+ * than it saves, so the threads split the output instead, each calling a single-threaded GEMM on
+ * its slice (OpenBLAS runs single-threaded inside a parallel region). by_cols: split C's columns,
+ * else its rows. Row-major, as cblas_sgemm; no slice overlaps another, so no reduction. */
+static void skinny_gemm(int by_cols, int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc) {
+    const int span = by_cols ? N : M;
+    const int nt = (long)M * N * K >= 262144 ? LG_MIN(omp_get_max_threads(), LG_MAX(1, span / 16)) : 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int s0 = (int)((long)span * t / n), s1 = (int)((long)span * (t + 1) / n);
+        if (s1 > s0) {
+            if (by_cols)
+                cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, M, s1 - s0,
+                            K, alpha, A, lda, tB ? B + (long)s0 * ldb : B + s0, ldb, beta, C + s0, ldc);
+            else
+                cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, s1 - s0, N,
+                            K, alpha, tA ? A + s0 : A + (long)s0 * lda, lda, B, ldb, beta, C + (long)s0 * ldc, ldc);
+        }
+    }
+}
+
 static void lora_forward(lg_adapter *h, const struct lg_linear *l, float *y, const float *x, int N, int training) {
     lora_impl *im = (lora_impl *)h;
     lg_lora *a = &im->pub;
@@ -149,7 +173,7 @@ static void lora_forward(lg_adapter *h, const struct lg_linear *l, float *y, con
         dropout_apply(o->xs, x, (long)N * in, a->drop_seed, a->drop_calls, a->dropout);
         xd = o->xs;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, in, 1.0f, xd, in, a->A, in, 0.0f, a->H, r);
+    skinny_gemm(0, 0, 1, N, r, in, 1.0f, xd, in, a->A, in, 0.0f, a->H, r);
     const float *G = a->H;
     if (a->E) {
         float *g = o->gs;
@@ -158,14 +182,14 @@ static void lora_forward(lg_adapter *h, const struct lg_linear *l, float *y, con
         G = g;
     }
     if (!a->mag) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, r, a->scale, G, r, a->B, r, 1.0f, y, out);
+        skinny_gemm(0, 0, 1, N, out, r, a->scale, G, r, a->B, r, 1.0f, y, out);
         return;
     }
     /* DoRA: y = b + mns (x) (base + L), written as PEFT does, y + (mns - 1) base + mns L, so that
      * mns == 1 and L == 0 at initialisation leave y bit-identical. base_out keeps base + L. */
     dora_row_norms(a, o->wfull, a->wnorm);
     float *bo = a->base_out;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, r, a->scale, G, r, a->B, r, 0.0f, bo, out);
+    skinny_gemm(0, 0, 1, N, out, r, a->scale, G, r, a->B, r, 0.0f, bo, out);
     const float *bias = l->b ? l->b->data : NULL;
     const float *mag = a->mag, *wn = a->wnorm;
 #pragma omp parallel for schedule(static) if ((long)N * out > 65536)
@@ -227,9 +251,9 @@ static const float *lora_backward(lg_adapter *h, const struct lg_linear *l, floa
         G = g;
     }
     /* dB += s dy'^T G;  dG = s dy' B */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, r, N, a->scale, dyp, out, G, r, 1.0f, a->dB, r);
+    skinny_gemm(0, 1, 0, out, r, N, a->scale, dyp, out, G, r, 1.0f, a->dB, r);
     float *dG = o->dgs;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, out, a->scale, dyp, out, a->B, r, 0.0f, dG, r);
+    skinny_gemm(0, 0, 0, N, r, out, a->scale, dyp, out, a->B, r, 0.0f, dG, r);
     if (a->E) {
         /* dE is the gradient w.r.t. the effective value, also for masked ranks, so that a masked
          * triplet keeps a sensitivity and may win its rank back at the next reallocation (PEFT
@@ -248,14 +272,14 @@ static const float *lora_backward(lg_adapter *h, const struct lg_linear *l, floa
         dropout_apply(o->xs, x, (long)N * in, a->drop_seed, a->drop_calls, a->dropout);
         xd = o->xs;
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, in, N, 1.0f, dG, r, xd, in, 1.0f, a->dA, in);
+    skinny_gemm(1, 1, 0, r, in, N, 1.0f, dG, r, xd, in, 1.0f, a->dA, in);
     if (dx) {
         if (!drop) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, r, 1.0f, dG, r, a->A, in, 1.0f, dx, in);
+            skinny_gemm(0, 0, 0, N, in, r, 1.0f, dG, r, a->A, in, 1.0f, dx, in);
         } else {
             /* d xd = dG A, then back through the forward's mask (rebuilt from its call count) */
             float *t = o->xs;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, r, 1.0f, dG, r, a->A, in, 0.0f, t, in);
+            skinny_gemm(0, 0, 0, N, in, r, 1.0f, dG, r, a->A, in, 0.0f, t, in);
             const long cnt = (long)N * in;
             const uint64_t key = drop_key(a->drop_seed, a->drop_calls);
             const uint32_t thr = drop_thr(a->dropout);
