@@ -4,7 +4,8 @@
 # For each CONFIG (default: tiny small) and mode (fwd, full, lora, loraga) it runs, back to back,
 #   build/loraga bench --config C --mode M --threads T --json      (T = 2; tiny also 1)
 #   ../shared/bench/run_peer.sh C M                                  (best of PyTorch's set-ups)
-# then, for loraga, the three estimation memory modes (all / serial / sketch) in separate processes
+# then, for lora, the memory options (--base-dtype bf16, and with --recompute), and, for loraga, the
+# three estimation memory modes (all / serial / sketch) in separate processes
 # so each peak RSS is that mode's own. Everything is repeated --rounds times (default 2), pair by
 # pair, because the machine is noisy; the table shows the best round of each side, the ratio of
 # those and the spread of the per-round ratios. Raw JSON lines go to DIR/results.jsonl (default: a
@@ -57,6 +58,10 @@ for round in $(seq 1 "$ROUNDS"); do
                 record loraga "$round" "$t" "$LORAGA" bench --config "$c" --mode "$m" --threads "$t" --json
             done
             record torch "$round" 0 "$PEER" "$c" "$m"
+            if [ "$m" = lora ]; then # the memory options: bf16 frozen base, and with recomputation
+                record loraga-bf16 "$round" 2 "$LORAGA" bench --config "$c" --mode lora --base-dtype bf16 --threads 2 --json
+                record loraga-bf16-recompute "$round" 2 "$LORAGA" bench --config "$c" --mode lora --base-dtype bf16 --recompute --threads 2 --json
+            fi
             if [ "$m" = loraga ]; then
                 for gm in serial sketch; do
                     for t in $THREADS; do

@@ -83,6 +83,23 @@ def main():
     print("\nBest PyTorch set-up (run_peer.sh's pick, best round): " + "; ".join(
         f"{c} {m}: {setup(max(pr, key=lambda p: p['tokens_per_s']))}" for (c, m), pr in sorted(peer.items())))
 
+    print("\n### LoRA step memory options (2 threads; best round; RSS ratio against PyTorch's LoRA step)\n")
+    print("| config | base storage | recomputation | tok/s | vs fp32 loraga | peak RSS MB | RSS / PyTorch |")
+    print("|---|---|---|---|---|---|---|")
+    for c in configs:
+        base = ours.get(("loraga", c, "lora", 2))
+        prss = min((p["peak_rss_mb"] for p in peer.get((c, "lora"), [])), default=None)
+        for who, dt, rc in (("loraga", "float32", "no"), ("loraga-bf16", "bfloat16", "no"),
+                            ("loraga-bf16-recompute", "bfloat16", "yes")):
+            rs = ours.get((who, c, "lora", 2))
+            if not rs:
+                continue
+            tps = max(r["tokens_per_s"] for r in rs)
+            rss = min(r["peak_rss_mb"] for r in rs)
+            rel = tps / max(r["tokens_per_s"] for r in base) if base else None
+            print(f"| {c} | {dt} | {rc} | {fmt(tps)} | {fmt(rel, 2)}× | {fmt(rss)} | "
+                  f"{fmt(rss / prss if prss else None, 2)} |")
+
     print("\n### LoRA step vs full fine-tuning step (step time ratio, best rounds; target ≤ 0.7)\n")
     print("| config | threads | loraga LoRA/full | PyTorch LoRA/full |")
     print("|---|---|---|---|")

@@ -856,10 +856,44 @@ static void test_table(void **state) {
                 o->axpy);
 }
 
+/* The vectorised exp clamps its argument, but a NaN must not be clamped into a number: a NaN
+ * score, logit or gate reaches the output (and so the loss, where training stops on it). Also
+ * softmax rows of extreme but finite scores stay finite and sum to one. */
+static void test_nan_propagates(void **state) {
+    (void)state;
+    const lg_ops *ops = lg_ops_cpu();
+    enum { B = 1, T = 40, H = 2, KV = 1, HD = 4 };
+    float q[B * T * H * HD], k[B * T * KV * HD], v[B * T * KV * HD], out[B * T * H * HD], probs[B * H * T * T];
+    lg_rng r;
+    lg_rng_seed(&r, 3);
+    for (int i = 0; i < B * T * H * HD; i++) q[i] = lg_rng_normal(&r);
+    for (int i = 0; i < B * T * KV * HD; i++) k[i] = 30.0f * lg_rng_normal(&r), v[i] = lg_rng_normal(&r);
+    ops->attention_forward(out, probs, q, H * HD, k, KV * HD, v, KV * HD, B, T, H, KV, HD);
+    for (int t = 0; t < T; t++) { /* large scores: finite, rows sum to 1 */
+        double sum = 0;
+        for (int s2 = 0; s2 <= t; s2++) sum += probs[t * T + s2];
+        assert_true(fabs(sum - 1.0) < 1e-5);
+    }
+    q[(T - 1) * H * HD] = NAN; /* the last query row of head 0 */
+    ops->attention_forward(out, probs, q, H * HD, k, KV * HD, v, KV * HD, B, T, H, KV, HD);
+    assert_true(isnan(out[(T - 1) * H * HD]));
+    assert_false(isnan(out[(T - 2) * H * HD])); /* other rows untouched */
+    float logits[2 * 8] = {0}, w[2] = {1, 1};
+    int tg[2] = {1, 2};
+    logits[3] = NAN;
+    assert_true(isnan(ops->cross_entropy(logits, tg, w, 2, 8, 1.0f, 0)));
+    float gate[3] = {1.0f, NAN, -100.0f}, up[3] = {1, 1, 1}, o3[3];
+    ops->swiglu_forward(o3, gate, up, 3);
+    assert_false(isnan(o3[0]));
+    assert_true(isnan(o3[1]));
+    assert_true(fabs(o3[2]) < 1e-30);
+}
+
 int main(void) {
     OPS = lg_ops_cpu();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_table),
+        cmocka_unit_test(test_nan_propagates),
         cmocka_unit_test(test_gemm_vs_naive),
         cmocka_unit_test(test_linear_forward_vs_naive),
         cmocka_unit_test(test_linear_grad),

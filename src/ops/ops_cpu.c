@@ -299,19 +299,20 @@ static void cpu_rope_backward(float *din, const float *dout, int ld, int B, int 
 /* e^x written so that the compiler vectorises it: x = n ln2 + r with |r| <= ln2/2, e^r by its
  * degree-6 Taylor polynomial (relative error < 2e-7), 2^n built in the exponent bits. x is clamped
  * to [-87, 88]: e^-87 (~1e-38) stands for 0 and e^88 (~1.6e38) for overflow, which no caller's
- * result distinguishes from the true value after the division it feeds (softmax, sigmoid). */
+ * result distinguishes from the true value after the division it feeds (softmax, sigmoid).
+ * NaN in gives NaN out, so a poisoned activation reaches the loss instead of vanishing. */
 static inline float exp_vec(float x) {
-    x = x > -87.0f ? x : -87.0f; /* also maps NaN to -87: a softmax's NaN still reaches the loss via max */
-    x = x < 88.0f ? x : 88.0f;
-    /* n = round(x / ln2) by the 1.5 * 2^23 trick: no libm call, so the loop vectorises (floorf
+    float xc = x > -87.0f ? x : -87.0f; /* NaN -> -87 here (never converted to int), restored below */
+    xc = xc < 88.0f ? xc : 88.0f;
+    /* n = round(xc / ln2) by the 1.5 * 2^23 trick: no libm call, so the loop vectorises (floorf
      * would stay a scalar call without -fno-trapping-math) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
+    float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - n * 0.693145751953125f - n * 1.42860682030941723e-6f;
     float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
     uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n); /* a bit cast the vectoriser understands */
-    return p * two_n;
+    return x == x ? p * two_n : x;
 }
 
 /* In place: p[0..n) = softmax(p[0..n)), vectorised (its own function so the loops are plain). */

@@ -35,8 +35,9 @@ void lg_adamw_step(lg_adamw *o, float lr) {
         lg_opt_tensor *t = &o->t[i];
         const float a = lr * t->lr_mult, decay = 1.0f - a * t->weight_decay;
         const float step_size = (float)(a / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
-        float *w = t->data, *g = t->grad, *m = t->m, *v = t->v;
-#pragma omp parallel for schedule(static) if (t->n > 65536)
+        float *restrict w = t->data, *restrict m = t->m, *restrict v = t->v;
+        const float *restrict g = t->grad;
+#pragma omp parallel for simd schedule(static) if (t->n > 65536)
         for (int64_t j = 0; j < t->n; j++) {
             m[j] = b1 * m[j] + (1 - b1) * g[j];
             v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j];
