@@ -478,36 +478,74 @@ static void diagnose(const ga_target *t, const float *S, int r2, double *capture
     free(Ub), free(Va), free(R), free(BtG), free(GAt);
 }
 
-static int init_target(ga_target *t, int index, const lg_ga_opts *o, lg_ga_report *rep, FILE *diag) {
+/* What factorising one target produced, kept until the targets are finished in order. */
+typedef struct {
+    int rc;
+    char err[512]; /* the worker thread's message (lg_last_error is per thread) */
+    float *S;      /* 2r singular values */
+    double captured, align;
+} target_out;
+
+/* The per-target work, safe to run for several targets at once (it touches only its target):
+ * top-2r triplets of G (or of the sketches), A0 and B0, and the diagnostics. */
+static void factorise_target(ga_target *t, int index, const lg_ga_opts *o, target_out *res) {
     int r = t->lo->r, r2 = 2 * r;
-    if (r2 > LG_MIN(t->m, t->n))
-        return lg_errorf("%s: rank %d needs 2r = %d singular vectors but the layer is %d x %d", t->lo->lin->name, r,
-                         r2, t->m, t->n);
-    float *U = lg_malloc((size_t)t->m * r2 * sizeof(float)), *S = lg_malloc((size_t)r2 * sizeof(float)),
-          *V = lg_malloc((size_t)t->n * r2 * sizeof(float));
-    int rc = t->G ? lg_ga_svd(t->G, t->m, t->n, r2, 4 * r, 4, target_seed(o->seed, index), U, S, V)
-                  : factorise_sketch(t, r2, U, S, V);
-    if (rc) lg_errorf_prefix("%s", t->lo->lin->name);
-    else set_factors(t, U, S, V, o);
-    if (!rc) { /* dist: every rank factorised the same G; rank 0's factors make the offsets identical */
-        lg_dist_bcast(t->lo->A0, (size_t)r * t->n * sizeof(float), 0);
-        lg_dist_bcast(t->lo->B0, (size_t)t->m * r * sizeof(float), 0);
+    res->S = lg_malloc((size_t)r2 * sizeof(float));
+    if (r2 > LG_MIN(t->m, t->n)) {
+        res->rc = lg_errorf("%s: rank %d needs 2r = %d singular vectors but the layer is %d x %d", t->lo->lin->name,
+                            r, r2, t->m, t->n);
+    } else {
+        float *U = lg_malloc((size_t)t->m * r2 * sizeof(float)), *V = lg_malloc((size_t)t->n * r2 * sizeof(float));
+        res->rc = t->G ? lg_ga_svd(t->G, t->m, t->n, r2, 4 * r, 4, target_seed(o->seed, index), U, res->S, V)
+                       : factorise_sketch(t, r2, U, res->S, V);
+        if (res->rc) lg_errorf_prefix("%s", t->lo->lin->name);
+        else set_factors(t, U, res->S, V, o);
+        free(U), free(V);
     }
-    if (!rc) {
-        double cap, al;
-        diagnose(t, S, r2, &cap, &al);
-        rep->captured_mean += cap; /* divided by the count at the end */
-        rep->align_err_mean += al;
-        rep->captured_min = index == 0 ? cap : fmin(rep->captured_min, cap);
-        rep->align_err_max = fmax(rep->align_err_max, al);
-        if (diag) {
-            fprintf(diag, "{\"module\": \"%s\", \"m\": %d, \"n\": %d, \"captured\": %.6f, \"align_err\": %.6f, "
-                          "\"sigma\": [", t->lo->lin->name, t->m, t->n, cap, al);
-            for (int i = 0; i < r2; i++) fprintf(diag, "%s%.6g", i ? ", " : "", S[i]);
-            fprintf(diag, "]}\n");
+    if (res->rc) snprintf(res->err, sizeof res->err, "%s", lg_last_error());
+    else diagnose(t, res->S, r2, &res->captured, &res->align);
+}
+
+/* Factorise targets [lo, hi): in parallel (each factorisation's BLAS then runs on one thread:
+ * these are skinny GEMMs and small LAPACK calls, which gain little from threads of their own),
+ * then, in target order, what must be sequential: the broadcast (the same order on every rank),
+ * the report, the diagnostics file, freeing the gradients. */
+static int factorise_range(ga_target *t, int lo, int hi, const lg_ga_opts *o, lg_ga_report *rep, FILE *diag,
+                           int nt) {
+    const int n = hi - lo;
+    target_out *res = lg_calloc((size_t)(n > 0 ? n : 1), sizeof *res);
+    double t0 = lg_now();
+    int finished = 0;
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+    for (int j = 0; j < n; j++) {
+        factorise_target(&t[lo + j], lo + j, o, &res[j]);
+#pragma omp critical(loraga_progress)
+        report(o, "factorise", lo + ++finished, nt); /* targets before lo are done */
+    }
+    rep->factorise_seconds += lg_now() - t0;
+    int rc = 0;
+    for (int j = 0; j < n; j++) {
+        ga_target *tg = &t[lo + j];
+        const int index = lo + j, r2 = 2 * tg->lo->r;
+        if (!rc && res[j].rc) rc = lg_errorf("%s", res[j].err);
+        if (!rc) { /* dist: every rank factorised the same G; rank 0's factors make the offsets identical */
+            lg_dist_bcast(tg->lo->A0, (size_t)tg->lo->r * tg->n * sizeof(float), 0);
+            lg_dist_bcast(tg->lo->B0, (size_t)tg->m * tg->lo->r * sizeof(float), 0);
+            rep->captured_mean += res[j].captured; /* divided by the count at the end */
+            rep->align_err_mean += res[j].align;
+            rep->captured_min = index == 0 ? res[j].captured : fmin(rep->captured_min, res[j].captured);
+            rep->align_err_max = fmax(rep->align_err_max, res[j].align);
+            if (diag) {
+                fprintf(diag, "{\"module\": \"%s\", \"m\": %d, \"n\": %d, \"captured\": %.6f, \"align_err\": %.6f, "
+                              "\"sigma\": [", tg->lo->lin->name, tg->m, tg->n, res[j].captured, res[j].align);
+                for (int i = 0; i < r2; i++) fprintf(diag, "%s%.6g", i ? ", " : "", res[j].S[i]);
+                fprintf(diag, "]}\n");
+            }
         }
+        free(res[j].S);
+        free_target(tg);
     }
-    free(U), free(S), free(V);
+    free(res);
     return rc;
 }
 
@@ -584,10 +622,7 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
                 rc = lg_st_read_f32(cache, nm, t[i].G, 2, sg);
             }
             rep->estimate_seconds = lg_now() - t0;
-            double t1 = lg_now();
-            if (!rc) rc = init_target(&t[i], i, o, rep, diag);
-            rep->factorise_seconds += lg_now() - t1;
-            report(o, "factorise", i + 1, nt);
+            if (!rc) rc = factorise_range(t, i, i + 1, o, rep, diag, nt); /* one in memory at a time */
             free_target(&t[i]);
         }
         if (rc) goto fail;
@@ -659,17 +694,11 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
         rc = estimate_pass(m, t, nt, lo, hi, sketch, o, next, ud, &done, total, &loss_sum);
         rep->estimate_seconds += lg_now() - ts;
         rep->mean_loss = loss_sum / o->batches;
-        for (int i = lo; i < hi && !rc; i++) {
-            if (cw) {
-                rc = sketch ? lg_st_writer_put(cw, t[i].Y) : lg_st_writer_put(cw, t[i].G);
-                if (!rc && sketch) rc = lg_st_writer_put(cw, t[i].Z);
-            }
-            double tf = lg_now();
-            if (!rc) rc = init_target(&t[i], i, o, rep, diag);
-            rep->factorise_seconds += lg_now() - tf;
-            report(o, "factorise", i + 1, nt);
-            free_target(&t[i]);
+        for (int i = lo; i < hi && !rc && cw; i++) { /* the cache, in target order */
+            rc = sketch ? lg_st_writer_put(cw, t[i].Y) : lg_st_writer_put(cw, t[i].G);
+            if (!rc && sketch) rc = lg_st_writer_put(cw, t[i].Z);
         }
+        if (!rc) rc = factorise_range(t, lo, hi, o, rep, diag, nt);
     }
     free(group_end);
     if (rc) goto fail;
