@@ -733,6 +733,71 @@ static void test_adapter_threads_agree(void **state) {
     omp_set_num_threads(saved);
 }
 
+/* Training with a frozen LM head forms the logits a block of rows at a time (loss, gradient and
+ * the product back through the head per block). Forced to several blocks and a partial one, it
+ * gives the loss and gradients of the whole-batch path; and once the head is made trainable the
+ * plan goes back to whole-batch logits, so the head's gradient is produced. */
+static void test_blocked_logits(void **state) {
+    (void)state;
+    const lg_arch archs[2] = {LG_ARCH_LLAMA, LG_ARCH_GPT2};
+    for (int k = 0; k < 2; k++) {
+        lg_model *m[2];
+        lg_adapters *ad[2];
+        lg_batch b;
+        lg_test_random_batch(&b, 2, 10, 23, 17);
+        float loss[2];
+        for (int j = 0; j < 2; j++) {
+            m[j] = frozen_model(archs[k], 41);
+            if (j == 1) m[j]->logit_block_floats = 23 * 7; /* 16 rows a block (the floor): 16 + 4 */
+            assert_int_equal(lg_model_plan(m[j], 2, 10, 1), 0);
+            assert_int_equal(m[j]->logit_rows, j ? 16 : 20);
+            lg_lora_opts o = opts_for("all-linear", 2);
+            assert_int_equal(lg_adapters_attach(m[j], &o, &ad[j]), 0);
+            randomise_sd(ad[j], 3, 0.3f);
+            assert_int_equal(lg_model_set_trainable(m[j], want_wte, NULL), 0); /* dx reaches the embedding */
+            double w;
+            loss[j] = lg_model_forward(m[j], &b, &w);
+            /* GPT-2 ties the head to the embedding, which now trains: the plan went back to 20 rows */
+            assert_int_equal(m[j]->logit_rows, j && archs[k] == LG_ARCH_LLAMA ? 16 : 20);
+            lg_adapters_zero_grads(ad[j]);
+            lg_model_zero_grads(m[j]);
+            lg_model_backward(m[j], &b, 0.5f / (float)w);
+        }
+        assert_true(fabs(loss[0] - loss[1]) <= 1e-6 * fabs(loss[0]));
+        double worst = 0, gmax = 0;
+        for (int i = 0; i < lg_adapters_count(ad[0]); i++) {
+            lg_lora *a = lg_adapters_get(ad[0], i), *z = lg_adapters_get(ad[1], i);
+            for (int64_t e = 0; e < (int64_t)a->out * a->r; e++) {
+                worst = fmax(worst, fabs(a->dB[e] - z->dB[e]));
+                gmax = fmax(gmax, fabs(a->dB[e]));
+            }
+        }
+        lg_param *e0 = lg_model_find_param(m[0], archs[k] == LG_ARCH_GPT2 ? "transformer.wte.weight" : "model.embed_tokens.weight");
+        lg_param *e1 = lg_model_find_param(m[1], e0->name);
+        for (int64_t e = 0; e < e0->numel; e++) worst = fmax(worst, fabs(e0->grad[e] - e1->grad[e]));
+        print_message("blocked logits (%s): loss %.7f vs %.7f, gradients differ by %.2e (max |dB| %.2e)\n",
+                      k ? "gpt2" : "llama", loss[0], loss[1], worst, gmax);
+        assert_true(gmax > 0 && worst <= 1e-5 * gmax);
+        if (archs[k] == LG_ARCH_LLAMA) { /* an untied head becomes trainable: whole-batch logits again */
+            assert_int_equal(lg_model_set_trainable(m[1], NULL, NULL), 0);
+            double w;
+            lg_model_forward(m[1], &b, &w);
+            assert_int_equal(m[1]->logit_rows, 20);
+            lg_model_zero_grads(m[1]);
+            lg_adapters_zero_grads(ad[1]);
+            lg_model_backward(m[1], &b, 1.0f);
+            double g2 = 0;
+            for (int64_t e = 0; e < m[1]->lm_head->numel; e++) g2 += (double)m[1]->lm_head->grad[e] * m[1]->lm_head->grad[e];
+            assert_true(g2 > 0);
+        }
+        lg_test_free_batch(&b);
+        for (int j = 0; j < 2; j++) {
+            lg_adapters_free(ad[j]);
+            lg_model_free(m[j]);
+        }
+    }
+}
+
 static void test_loraplus_lr_mult(void **state) {
     (void)state;
     lg_model *m = frozen_model(LG_ARCH_GPT2, 61);
@@ -1603,6 +1668,7 @@ int main(void) {
         cmocka_unit_test(test_frozen_base_and_counts),
         cmocka_unit_test(test_bf16_frozen_base),
         cmocka_unit_test(test_adapter_threads_agree),
+        cmocka_unit_test(test_blocked_logits),
         cmocka_unit_test(test_loraplus_lr_mult),
         cmocka_unit_test(test_targets),
         cmocka_unit_test(test_dropout),

@@ -125,6 +125,10 @@ static void declare_params(lg_model *m) {
     }
 }
 
+/* Floats of logits held at a time by a training plan with a frozen LM head (32 MiB): each block
+ * re-packs the head for OpenBLAS, so a few large blocks cost ~1-3 % of a step, many small ones more. */
+#define LOGIT_BLOCK_FLOATS ((int64_t)1 << 23)
+
 /* GPT-2 checkpoints exist with and without the "transformer." prefix. */
 static int read_param(const lg_weight_src *src, lg_param *p, float *tmp) {
     const char *name = p->name;
@@ -145,6 +149,7 @@ int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed,
     lg_model *m = lg_calloc(1, sizeof *m);
     m->cfg = *c;
     m->ops = lg_ops_cpu();
+    m->logit_block_floats = LOGIT_BLOCK_FLOATS;
     declare_params(m);
     int64_t total = 0, biggest = 0;
     for (int i = 0; i < m->nparams; i++) {
@@ -380,7 +385,14 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
      * of the other activations, refilled per layer in backward */
     const int recompute = training == LG_PLAN_RECOMPUTE;
     int64_t layers_total = !training ? per_layer : recompute ? (L - 1) * R(N * C) + per_layer : L * per_layer;
-    int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(N * V);
+    /* Training with a frozen float32 LM head: the logits are formed, turned into their loss
+     * gradient and multiplied back through the head a block of rows at a time (forward), so only
+     * one block of N x V is ever held; otherwise all N rows (inference reads them; a trainable or
+     * bf16 head keeps the whole-batch GEMMs). */
+    const int64_t logit_rows = training && !m->lm_head->grad && !m->lm_head->bf16
+                                   ? LG_MIN(N, LG_MAX((int64_t)16, m->logit_block_floats / V))
+                                   : N;
+    int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(logit_rows * V);
     int64_t grads = training ? R(N * C) * 3 + R(N * wide) * 6 + R(N * F) * 3 : 0;
     int64_t total = layers_total + rest + grads;
     if (total > m->act_cap) { /* grow only: re-slicing a big enough arena allocates nothing */
@@ -436,7 +448,8 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     m->tmp = TAKE(N * C);
     m->meanf = TAKE(N);
     m->rstdf = TAKE(N);
-    m->logits = TAKE(N * V);
+    m->logits = TAKE(logit_rows * V);
+    m->logit_rows = (int)logit_rows;
     if (training) {
         m->dres = TAKE(N * C);
         m->dxn = TAKE(N * C);
@@ -580,7 +593,10 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     const lg_ops *ops = m->ops;
     int B = b->B, T = b->T, N = B * T, C = c->dim;
     int gpt2 = c->arch == LG_ARCH_GPT2;
-    if ((!m->act_mem || B != m->B || T != m->T) && lg_model_plan(m, B, T, m->act_mem ? m->training : 0) != 0) {
+    /* a plan made for blocked logits is stale once the head trains or is stored as bf16 */
+    int stale = m->act_mem && m->logit_rows < N && (m->lm_head->grad || m->lm_head->bf16);
+    if ((!m->act_mem || B != m->B || T != m->T || stale) &&
+        lg_model_plan(m, B, T, m->act_mem ? m->training : 0) != 0) {
         if (wsum_out) *wsum_out = 0;
         return NAN; /* the message is in lg_last_error() */
     }
@@ -600,15 +616,32 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     }
     if (x != m->x_final) memcpy(m->x_final, x, (size_t)N * C * sizeof(float));
     norm_fwd(m, m->xnf, m->meanf, m->rstdf, m->x_final, m->normf_w, m->normf_b, N);
-    lg_w_forward(m, m->logits, m->xnf, m->lm_head, NULL, N, C, c->vocab_size);
-
     double wsum = 0;
     for (int i = 0; i < N; i++) wsum += b->weight[i];
     if (wsum_out) *wsum_out = wsum;
+    const int V = c->vocab_size;
+    double nll = 0;
+    if (m->logit_rows < N) {
+        /* Blocked (training, frozen float32 head): per block of rows, logits -> loss and
+         * d(sum w·nll)/dlogits in place -> dlogit_x = that gradient times W (unscaled; backward
+         * applies its loss scale). The block stays in cache between the three passes. */
+        const float *W = m->lm_head->data;
+        for (int i0 = 0; i0 < N; i0 += m->logit_rows) {
+            const int nr = LG_MIN(m->logit_rows, N - i0);
+            ops->gemm(0, 1, nr, V, C, 1.0f, m->xnf + (int64_t)i0 * C, C, W, C, 0.0f, m->logits, V);
+            nll += ops->cross_entropy(m->logits, b->targets + i0, b->weight + i0, nr, V, 1.0f, 1);
+            ops->gemm(0, 0, nr, C, V, 1.0f, m->logits, V, W, C, 0.0f, m->dlogit_x + (int64_t)i0 * C, C);
+        }
+        m->dlogit_ready = 1;
+        m->logits_hold_grad = 0;
+        return wsum > 0 ? (float)(nll / wsum) : NAN;
+    }
+    lg_w_forward(m, m->logits, m->xnf, m->lm_head, NULL, N, C, V);
     /* Training: loss and d(sum w·nll)/dlogits in one pass over the logits (in place; backward
      * applies its loss scale in the lm_head GEMMs). Inference: the logits stay readable. */
-    double nll = ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, 1.0f, m->training != 0);
+    nll = ops->cross_entropy(m->logits, b->targets, b->weight, N, V, 1.0f, m->training != 0);
     m->logits_hold_grad = m->training != 0;
+    m->dlogit_ready = 0;
     return wsum > 0 ? (float)(nll / wsum) : NAN;
 }
 
@@ -628,11 +661,20 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
 
     /* loss -> logits -> final norm. The training forward left d(sum w·nll)/dlogits in the logits;
      * loss_scale is applied as the GEMMs' alpha (dX = s·dL W, dW += s·dL^T X). */
-    if (!m->logits_hold_grad) ops->cross_entropy(m->logits, b->targets, b->weight, N, c->vocab_size, 1.0f, 1);
-    m->logits_hold_grad = 0;
     const int V = c->vocab_size;
-    lg_w_backward_dx(m, m->dlogit_x, m->logits, m->lm_head, N, C, V, loss_scale, 0.0f);
-    if (m->lm_head->grad) ops->gemm(1, 0, V, C, N, loss_scale, m->logits, V, m->xnf, C, 1.0f, m->lm_head->grad, C);
+    if (m->dlogit_ready) { /* blocked forward: dlogit_x holds the unscaled gradient */
+        const int64_t nc = (int64_t)N * C;
+        float *d = m->dlogit_x;
+#pragma omp parallel for simd schedule(static) if (nc > 65536)
+        for (int64_t i = 0; i < nc; i++) d[i] *= loss_scale;
+    } else {
+        if (!m->logits_hold_grad) ops->cross_entropy(m->logits, b->targets, b->weight, N, V, 1.0f, 1);
+        lg_w_backward_dx(m, m->dlogit_x, m->logits, m->lm_head, N, C, V, loss_scale, 0.0f);
+        if (m->lm_head->grad)
+            ops->gemm(1, 0, V, C, N, loss_scale, m->logits, V, m->xnf, C, 1.0f, m->lm_head->grad, C);
+    }
+    m->logits_hold_grad = 0;
+    m->dlogit_ready = 0;
     memset(m->dres, 0, NC);
     norm_bwd(m, m->dres, m->dlogit_x, m->x_final, m->normf_w, m->normf_b, m->meanf, m->rstdf, N);
 
