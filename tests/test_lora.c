@@ -735,12 +735,15 @@ static void test_adapter_threads_agree(void **state) {
 
 /* Training with a frozen LM head forms the logits a block of rows at a time (loss, gradient and
  * the product back through the head per block). Forced to several blocks and a partial one, it
- * gives the loss and gradients of the whole-batch path; and once the head is made trainable the
- * plan goes back to whole-batch logits, so the head's gradient is produced. */
+ * gives the loss and gradients of the whole-batch path — LLaMA (untied head) also with the base
+ * stored as bf16 (the head expanded a few rows at a time inside each block) against a float32 model
+ * holding the same values. GPT-2 ties the head to the embedding, which trains here, so its plan
+ * goes back to whole-batch logits; and an untied head made trainable does the same. */
 static void test_blocked_logits(void **state) {
     (void)state;
     const lg_arch archs[2] = {LG_ARCH_LLAMA, LG_ARCH_GPT2};
     for (int k = 0; k < 2; k++) {
+        const int llama = archs[k] == LG_ARCH_LLAMA;
         lg_model *m[2];
         lg_adapters *ad[2];
         lg_batch b;
@@ -748,17 +751,27 @@ static void test_blocked_logits(void **state) {
         float loss[2];
         for (int j = 0; j < 2; j++) {
             m[j] = frozen_model(archs[k], 41);
+            if (llama) /* both hold bf16 values; m[1] will store them as bf16 */
+                for (int i = 0; i < lg_model_n_params(m[j]); i++) {
+                    lg_param *p = lg_model_param(m[j], i);
+                    if (p->ndim == 2)
+                        for (int64_t e = 0; e < p->numel; e++) p->data[e] = lg_bf16_to_f32(lg_f32_to_bf16(p->data[e]));
+                }
             if (j == 1) m[j]->logit_block_floats = 23 * 7; /* 16 rows a block (the floor): 16 + 4 */
             assert_int_equal(lg_model_plan(m[j], 2, 10, 1), 0);
             assert_int_equal(m[j]->logit_rows, j ? 16 : 20);
             lg_lora_opts o = opts_for("all-linear", 2);
             assert_int_equal(lg_adapters_attach(m[j], &o, &ad[j]), 0);
             randomise_sd(ad[j], 3, 0.3f);
-            assert_int_equal(lg_model_set_trainable(m[j], want_wte, NULL), 0); /* dx reaches the embedding */
+            if (!llama) assert_int_equal(lg_model_set_trainable(m[j], want_wte, NULL), 0); /* dx reaches wte */
+            if (llama && j == 1) {
+                assert_true(lg_model_store_frozen_bf16(m[j]) > 0);
+                assert_non_null(m[j]->lm_head->bf16);
+                m[j]->wblock_floats = 5 * 16 + 3; /* several weight blocks inside each logit block */
+            }
             double w;
             loss[j] = lg_model_forward(m[j], &b, &w);
-            /* GPT-2 ties the head to the embedding, which now trains: the plan went back to 20 rows */
-            assert_int_equal(m[j]->logit_rows, j && archs[k] == LG_ARCH_LLAMA ? 16 : 20);
+            assert_int_equal(m[j]->logit_rows, j && llama ? 16 : 20);
             lg_adapters_zero_grads(ad[j]);
             lg_model_zero_grads(m[j]);
             lg_model_backward(m[j], &b, 0.5f / (float)w);
@@ -771,23 +784,28 @@ static void test_blocked_logits(void **state) {
                 worst = fmax(worst, fabs(a->dB[e] - z->dB[e]));
                 gmax = fmax(gmax, fabs(a->dB[e]));
             }
+            for (int64_t e = 0; e < (int64_t)a->r * a->in; e++) worst = fmax(worst, fabs(a->dA[e] - z->dA[e]));
         }
-        lg_param *e0 = lg_model_find_param(m[0], archs[k] == LG_ARCH_GPT2 ? "transformer.wte.weight" : "model.embed_tokens.weight");
-        lg_param *e1 = lg_model_find_param(m[1], e0->name);
-        for (int64_t e = 0; e < e0->numel; e++) worst = fmax(worst, fabs(e0->grad[e] - e1->grad[e]));
+        if (!llama) {
+            lg_param *e0 = lg_model_find_param(m[0], "transformer.wte.weight"), *e1 = lg_model_find_param(m[1], e0->name);
+            for (int64_t e = 0; e < e0->numel; e++) worst = fmax(worst, fabs(e0->grad[e] - e1->grad[e]));
+        }
         print_message("blocked logits (%s): loss %.7f vs %.7f, gradients differ by %.2e (max |dB| %.2e)\n",
-                      k ? "gpt2" : "llama", loss[0], loss[1], worst, gmax);
+                      llama ? "llama, bf16 base" : "gpt2, tied head trains: whole batch", loss[0], loss[1], worst, gmax);
         assert_true(gmax > 0 && worst <= 1e-5 * gmax);
-        if (archs[k] == LG_ARCH_LLAMA) { /* an untied head becomes trainable: whole-batch logits again */
-            assert_int_equal(lg_model_set_trainable(m[1], NULL, NULL), 0);
+        if (llama) { /* the untied head of the float32 model, blocked, becomes trainable: whole batch again */
+            m[0]->logit_block_floats = 23 * 7;
+            assert_int_equal(lg_model_plan(m[0], 2, 10, 1), 0);
+            assert_int_equal(m[0]->logit_rows, 16);
+            assert_int_equal(lg_model_set_trainable(m[0], NULL, NULL), 0);
             double w;
-            lg_model_forward(m[1], &b, &w);
-            assert_int_equal(m[1]->logit_rows, 20);
-            lg_model_zero_grads(m[1]);
-            lg_adapters_zero_grads(ad[1]);
-            lg_model_backward(m[1], &b, 1.0f);
+            lg_model_forward(m[0], &b, &w);
+            assert_int_equal(m[0]->logit_rows, 20);
+            lg_model_zero_grads(m[0]);
+            lg_adapters_zero_grads(ad[0]);
+            lg_model_backward(m[0], &b, 1.0f);
             double g2 = 0;
-            for (int64_t e = 0; e < m[1]->lm_head->numel; e++) g2 += (double)m[1]->lm_head->grad[e] * m[1]->lm_head->grad[e];
+            for (int64_t e = 0; e < m[0]->lm_head->numel; e++) g2 += (double)m[0]->lm_head->grad[e] * m[0]->lm_head->grad[e];
             assert_true(g2 > 0);
         }
         lg_test_free_batch(&b);

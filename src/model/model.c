@@ -389,7 +389,7 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
      * gradient and multiplied back through the head a block of rows at a time (forward), so only
      * one block of N x V is ever held; otherwise all N rows (inference reads them; a trainable or
      * bf16 head keeps the whole-batch GEMMs). */
-    const int64_t logit_rows = training && !m->lm_head->grad && !m->lm_head->bf16
+    const int64_t logit_rows = training && !m->lm_head->grad
                                    ? LG_MIN(N, LG_MAX((int64_t)16, m->logit_block_floats / V))
                                    : N;
     int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(logit_rows * V);
@@ -593,8 +593,8 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     const lg_ops *ops = m->ops;
     int B = b->B, T = b->T, N = B * T, C = c->dim;
     int gpt2 = c->arch == LG_ARCH_GPT2;
-    /* a plan made for blocked logits is stale once the head trains or is stored as bf16 */
-    int stale = m->act_mem && m->logit_rows < N && (m->lm_head->grad || m->lm_head->bf16);
+    /* a plan made for blocked logits is stale once the head trains */
+    int stale = m->act_mem && m->logit_rows < N && m->lm_head->grad;
     if ((!m->act_mem || B != m->B || T != m->T || stale) &&
         lg_model_plan(m, B, T, m->act_mem ? m->training : 0) != 0) {
         if (wsum_out) *wsum_out = 0;
@@ -622,15 +622,14 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     const int V = c->vocab_size;
     double nll = 0;
     if (m->logit_rows < N) {
-        /* Blocked (training, frozen float32 head): per block of rows, logits -> loss and
+        /* Blocked (training, frozen head): per block of rows, logits -> loss and
          * d(sum w·nll)/dlogits in place -> dlogit_x = that gradient times W (unscaled; backward
          * applies its loss scale). The block stays in cache between the three passes. */
-        const float *W = m->lm_head->data;
-        for (int i0 = 0; i0 < N; i0 += m->logit_rows) {
+        for (int i0 = 0; i0 < N; i0 += m->logit_rows) { /* (a bf16 head is expanded per block) */
             const int nr = LG_MIN(m->logit_rows, N - i0);
-            ops->gemm(0, 1, nr, V, C, 1.0f, m->xnf + (int64_t)i0 * C, C, W, C, 0.0f, m->logits, V);
+            lg_w_forward(m, m->logits, m->xnf + (int64_t)i0 * C, m->lm_head, NULL, nr, C, V);
             nll += ops->cross_entropy(m->logits, b->targets + i0, b->weight + i0, nr, V, 1.0f, 1);
-            ops->gemm(0, 0, nr, C, V, 1.0f, m->logits, V, W, C, 0.0f, m->dlogit_x + (int64_t)i0 * C, C);
+            lg_w_backward_dx(m, m->dlogit_x + (int64_t)i0 * C, m->logits, m->lm_head, nr, C, V, 1.0f, 0.0f);
         }
         m->dlogit_ready = 1;
         m->logits_hold_grad = 0;

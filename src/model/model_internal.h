@@ -55,7 +55,7 @@ struct lg_model {
     float *dgate, *dup, *dh;        /* (N, F) */
     float *dlogit_x;                /* (N, C) gradient at the final norm output */
     int logits_hold_grad;           /* a training forward left dL/dlogits (unscaled) in logits */
-    int logit_rows;                 /* rows of logits held: N, or a block (training, frozen fp32 head) */
+    int logit_rows;                 /* rows of logits held: N, or a block (training, frozen head) */
     int64_t logit_block_floats;     /* the block's size in floats (tests lower it) */
     int dlogit_ready;               /* a blocked forward left the unscaled dL/dxnf in dlogit_x */
     /* bf16 storage of frozen weights (lg_model_store_frozen_bf16) */
