@@ -33,12 +33,17 @@ LABEL = {"full": "full FT", "lora": "LoRA", "rslora": "rsLoRA", "loraplus": "LoR
          "pissa": "PiSSA", "adalora": "AdaLoRA", "lora-ga": "LoRA-GA"}
 COLOR = {"full": "#000000", "lora": "#1f77b4", "rslora": "#17becf", "loraplus": "#2ca02c", "dora": "#9467bd",
          "pissa": "#8c564b", "adalora": "#e377c2", "lora-ga": "#d62728"}
-SMOOTH = {"sst2": 3}  # trailing-mean window per task (updates); other tasks: SMOOTH_LM
+SMOOTH = {"sst2": 3, "mrpc": 3}  # trailing-mean window per task (updates); other tasks: SMOOTH_LM
 SMOOTH_LM = 10         # language modelling: batch-to-batch noise is large next to 100 steps' progress
-TASK_ORDER = ["sst2", "tinystories", "gsm8k-lm"]
-TASK_SHORT = {"sst2": "SST-2", "tinystories": "TinyStories", "gsm8k-lm": "GSM8K text"}
-TASK_TITLE = {"sst2": "SST-2 (prompt/completion)", "tinystories": "TinyStories (language modelling)",
-              "gsm8k-lm": "GSM8K problems as text (language modelling)"}
+TASK_ORDER = ["sst2", "mrpc", "tinystories", "gsm8k-lm"]
+TASK_SHORT = {"sst2": "SST-2", "mrpc": "MRPC", "tinystories": "TinyStories", "gsm8k-lm": "GSM8K"}
+TASK_TITLE = {"sst2": "SST-2 (prompt/completion)", "mrpc": "MRPC (prompt/completion)",
+              "tinystories": "TinyStories (language modelling)",
+              "gsm8k-lm": "GSM8K: problems as text (language modelling), scored by exact match"}
+# the task metric of each task, read from dev_eval.json's "task" object: (key, column title)
+METRIC = {"sst2": ("accuracy", "dev accuracy"), "mrpc": ("accuracy", "dev accuracy"),
+          "gsm8k-lm": ("exact_match", "GSM8K exact match")}
+LOGY = ("sst2", "mrpc")  # tasks whose loss curves are drawn on a log scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +244,79 @@ def steps_to(loss_s, target):
     return None
 
 
+def summary(res):
+    """One table, every method × task: the task metric and the final validation loss at the best rate."""
+    tasks = [t for t in TASK_ORDER if t in res] + [t for t in res if t not in TASK_ORDER]
+    methods = [m for m in METHODS if any(m in res[t] for t in tasks)]
+    if not tasks or not methods:
+        return []
+    head, sep = ["method"], ["---"]
+    for t in tasks:
+        if t in METRIC:
+            head.append(f"{TASK_SHORT.get(t, t)} {METRIC[t][1].replace('GSM8K ', '')}")
+            sep.append("---")
+        head.append(f"{TASK_SHORT.get(t, t)} final val loss")
+        sep.append("---")
+    md = ["### Summary\n",
+          "Each method at its best rate (lowest first-seed final validation loss), mean ± std over seeds. "
+          "Task metric: dev accuracy for SST-2 and MRPC, exact match (strict / flexible) of greedy answers "
+          "on GSM8K test problems for the model fine-tuned on GSM8K text; loss: the held-out split of the "
+          "training data. The per-task sections below have the sweeps, steps to LoRA-GA's loss and the curves.\n",
+          "| " + " | ".join(head) + " |", "|" + "|".join(sep) + "|"]
+    for m in methods:
+        cells = [LABEL.get(m, m)]
+        for t in tasks:
+            runs = []
+            if m in res[t]:
+                runs = [r for r in res[t][m][best_lr(res[t][m])].values() if not r.get("failed")]
+            if t in METRIC:
+                cells.append(metric_cell(t, runs) if any("dev" in r for r in runs) else "–")
+            cells.append(ms([r["final_val"] for r in runs]))
+        md.append("| " + " | ".join(cells) + " |")
+    md.append("")
+    # steps to a target loss: LoRA-GA's at step k
+    ts = [t for t in tasks if "lora-ga" in res[t]]
+    if ts:
+        ks = {}
+        for t in ts:
+            ga = res[t]["lora-ga"][best_lr(res[t]["lora-ga"])]
+            n = min([r["steps"] for r in ga.values() if not r.get("failed")] or [0])
+            ks[t] = 20 if n >= 50 else 10
+        md.append("Steps to the target loss — the training loss LoRA-GA has reached by step k (k in the column "
+                  "title; trailing mean as in the task sections; mean ± std over seeds, ratio = steps / k, "
+                  "\"> N\" = not within the run):\n")
+        md.append("| method | " + " | ".join(f"{TASK_SHORT.get(t, t)} (k = {ks[t]})" for t in ts) + " |")
+        md.append("|---|" + "---|" * len(ts))
+        for m in methods:
+            if m == "lora-ga":
+                continue
+            cells = [steps_cell(res[t], m, ks[t], SMOOTH.get(t, SMOOTH_LM)) if m in res[t] else "–" for t in ts]
+            md.append(f"| {LABEL.get(m, m)} | " + " | ".join(cells) + " |")
+        md.append("")
+    return md
+
+
+def steps_cell(R, m, k, w):
+    """Steps METHOD (best rate) needs to reach LoRA-GA's (best rate) smoothed training loss at step k."""
+    ga = R["lora-ga"][best_lr(R["lora-ga"])]
+    runs = R[m][best_lr(R[m])]
+    ns, miss, nsteps = [], 0, 0
+    for s, g in ga.items():
+        if g.get("failed") or s not in runs or runs[s].get("failed") or len(g["loss"]) < k:
+            continue
+        target = min(smooth(g["loss"], w)[:k])
+        nsteps = len(runs[s]["loss"])
+        n = steps_to(smooth(runs[s]["loss"], w), target)
+        if n is None:
+            miss += 1
+        else:
+            ns.append(n)
+    if not ns:
+        return f"> {nsteps}" if miss else "–"
+    c = ms(ns, 1) + f" ({mean(ns) / k:.1f}×)"
+    return c + (f", {miss} seed(s) > {nsteps}" if miss else "")
+
+
 def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
     res = load(out)
     md = []
@@ -269,6 +347,7 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
                      f"(median {sorted(cpu)[len(cpu) // 2]:.1f} s per run)." if cpu else "") + "\n")
     if img_dir:
         os.makedirs(img_dir, exist_ok=True)
+    md += summary(res)
     for task in [t for t in TASK_ORDER if t in res] + [t for t in res if t not in TASK_ORDER]:
         R = res[task]
         w = SMOOTH.get(task, SMOOTH_LM)
@@ -277,12 +356,20 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
         md.append(f"### {TASK_TITLE.get(task, task)}\n")
         # main table
         has_dev = any("dev" in r for m in methods for r in R[m][best[m]].values())
+        has_lm = any(finite(dig(r.get("dev"), "lm", "loss")) for m in methods for r in R[m][best[m]].values())
+        has_task = has_dev and task in METRIC
         head = ("| method | best lr | final val loss | Δ final val vs LoRA (paired by seed) | min val loss | "
                 "final train loss (last 10 steps) |")
         sep = "|---|---|---|---|---|---|"
-        if has_dev:
-            head += " dev loss | dev accuracy |"
-            sep += "---|---|"
+        if has_lm:
+            head += " dev loss |"
+            sep += "---|"
+        if has_task:
+            head += f" {METRIC[task][1]}{' (strict / flexible)' if task == 'gsm8k-lm' else ''} |"
+            sep += "---|"
+            if task in ("sst2", "mrpc"):
+                head += " dev accuracy, byte-normalised | predicted yes/positive |"
+                sep += "---|---|"
         md += [head, sep]
         for m in methods:
             runs = [r for r in R[m][best[m]].values() if not r.get("failed")]
@@ -296,26 +383,48 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
                      if s in base and not r.get("failed") and not base[s].get("failed")]
                 delta = ms(d, 4)
             row = f"| {LABEL.get(m, m)} | {best[m]} | {ms(fv)} | {delta} | {ms(mv)} | {ms(ft)} |"
-            if has_dev:
-                dl = [dig(r.get("dev"), "lm", "loss") for r in runs]
-                da = [dig(r.get("dev"), "task", "accuracy") for r in runs]
-                row += f" {ms(dl)} | {ms([a * 100 for a in da if finite(a)], 1)}{' %' if any(finite(a) for a in da) else ''} |"
+            if has_lm:
+                row += f" {ms([dig(r.get('dev'), 'lm', 'loss') for r in runs])} |"
+            if has_task:
+                row += f" {metric_cell(task, runs)} |"
+                if task in ("sst2", "mrpc"):
+                    pred = [r["dev"]["task"].get("predicted") for r in runs if isinstance(dig_obj(r.get("dev"), "task"), dict)]
+                    pred = [p for p in pred if isinstance(p, list) and len(p) == 2 and sum(p)]
+                    row += (f" {pct([dig(r.get('dev'), 'task', 'accuracy_norm') for r in runs])} |"
+                            f" {ms([100 * p[1] / sum(p) for p in pred], 0)}{' %' if pred else ''} |")
             nfail = sum(1 for r in R[m][best[m]].values() if r.get("failed"))
             if nfail:
                 row += f" ({nfail} failed)"
             md.append(row)
-        md.append(f"\nmean ± std over {max(len(R[m][best[m]]) for m in methods)} seeds at each method's best rate.")
-        bf = os.path.join(out, "base_dev_eval.json")
-        if has_dev and os.path.exists(bf):
-            with open(bf) as f:
-                b = json.load(f)
-            md.append(f"The base model (no fine-tuning) on the same dev rows: loss {dig(b, 'lm', 'loss'):.3f}, accuracy "
-                      f"{dig(b, 'task', 'accuracy') * 100:.1f} % (majority class "
+        nseeds = max(len(R[m][best[m]]) for m in methods)
+        md.append(f"\nmean ± std over {nseeds} seeds at each method's best rate." if nseeds > 1 else
+                  "\nOne seed at each method's best rate.")
+        b = base_eval(out, task) if has_dev else None
+        if b and task in ("sst2", "mrpc"):
+            n = dig(b, "task", "examples")
+            bl = dig(b, "lm", "loss")
+            md.append(f"The base model (no fine-tuning) on the same {n:.0f} dev rows: "
+                      + (f"loss {bl:.3f}, " if finite(bl) else "")
+                      + f"accuracy {dig(b, 'task', 'accuracy') * 100:.1f} % (majority class "
                       f"{dig(b, 'task', 'majority_baseline') * 100:.1f} %).")
+        if has_task and task == "gsm8k-lm":
+            ex = [dig(r.get("dev"), "task", "examples") for m in methods for r in R[m][best[m]].values()]
+            mt = [dig(r.get("dev"), "task", "max_tokens") for m in methods for r in R[m][best[m]].values()]
+            ex, mt = [x for x in ex if finite(x)], [x for x in mt if finite(x)]
+            line = (f"GSM8K exact match: greedy answers to the first {max(ex):.0f} GSM8K test problems "
+                    f"(`loraga eval --task gsm8k`, at most {max(mt):.0f} new tokens), strict = the \"#### N\" "
+                    f"number, flexible = the last number in the answer.") if ex and mt else ""
+            if b:
+                line += (f" The base model: {dig(b, 'task', 'exact_match') * 100:.1f} % / "
+                         f"{dig(b, 'task', 'exact_match_flexible') * 100:.1f} %.")
+            md.append(line)
         md.append("")
         # the sweep
         lrs = sorted({lr for m in methods for lr in R[m]}, key=float)
-        md.append("Learning-rate sweep (first seed, final validation loss; **bold** = kept):\n")
+        if all(len(R[m]) >= 3 for m in methods):
+            md.append("Learning-rate sweep (first seed, final validation loss; **bold** = kept):\n")
+        else:
+            md.append("The rates run (no full sweep: first seed, final validation loss; **bold** = kept):\n")
         md.append("| method | " + " | ".join(lrs) + " |")
         md.append("|---|" + "---|" * len(lrs))
         for m in methods:
@@ -370,7 +479,7 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
                 md.append(f"| {LABEL.get(m, m)} | " + " | ".join(cells) + " |")
             md.append("")
         # LoRA vs LoRA-GA at equal rates (first seed): the sweep's runs
-        if "lora-ga" in R and "lora" in R:
+        if "lora-ga" in R and "lora" in R and set(R["lora"]) & set(R["lora-ga"]):
             common = sorted(set(R["lora"]) & set(R["lora-ga"]), key=float)
             first = min(s for lr in R["lora-ga"].values() for s in lr)
             kk = [k for k in (10, 30, 50) if k <= nsteps]
@@ -393,7 +502,7 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
             md.append("")
         # pictures
         if img_dir:
-            logy = task == "sst2"
+            logy = task in LOGY
             series = []
             for m in methods:
                 runs = [r for r in R[m][best[m]].values() if not r.get("failed")]
@@ -425,7 +534,7 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
             svg_chart(series, os.path.join(img_dir, f2), f"{model}, {TASK_TITLE.get(task, task)}: validation loss",
                       "step", "validation loss (mean of seeds)")
             f4 = None
-            if "lora-ga" in R and "lora" in R:
+            if "lora-ga" in R and "lora" in R and set(R["lora"]) & set(R["lora-ga"]):
                 first = min(s for lr in R["lora-ga"].values() for s in lr)
                 palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"]
                 series = []
@@ -445,6 +554,36 @@ def analyse(out, img_dir, img_rel, prefix="", model="stories260K"):
             if f4:
                 md.append(f"![equal rates]({img_rel}/{f4})\n")
     return "\n".join(md)
+
+
+def base_eval(out, task):
+    for name in (f"base_{task}_eval.json",) + (("base_dev_eval.json",) if task == "sst2" else ()):
+        f = os.path.join(out, name)
+        if os.path.exists(f):
+            try:
+                with open(f) as fh:
+                    return json.load(fh)
+            except ValueError:
+                return None
+    return None
+
+
+def pct(xs):
+    xs = [x * 100 for x in xs if finite(x)]
+    return ms(xs, 1) + " %" if xs else "–"
+
+
+def metric_cell(task, runs):
+    """The task metric over the runs, as "mean ± std %" (GSM8K: strict, then flexible)."""
+    key = METRIC[task][0]
+    cell = pct([dig(r.get("dev"), "task", key) for r in runs])
+    if task == "gsm8k-lm":
+        cell += " / " + pct([dig(r.get("dev"), "task", "exact_match_flexible") for r in runs])
+    return cell
+
+
+def dig_obj(d, key):
+    return d.get(key) if isinstance(d, dict) else None
 
 
 def dig(d, *keys):
