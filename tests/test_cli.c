@@ -116,12 +116,17 @@ static void test_convert_and_eval_both_paths(void **state) {
     free(rows);
 }
 
-static void test_full_finetune_lowers_heldout_loss(void **state) {
-    (void)state;
+/* The converted stories260K directory exists (setup made it when ../shared/data is there). */
+static int have_model(void) {
     char *cfg = lg_path_join(g_hf, "config.json");
     int have = lg_file_exists(cfg);
     free(cfg);
-    if (!have) {
+    return have;
+}
+
+static void test_full_finetune_lowers_heldout_loss(void **state) {
+    (void)state;
+    if (!have_model()) {
         print_message("skipped: no converted model (../shared/data absent)\n");
         skip();
     }
@@ -158,10 +163,7 @@ static void test_full_finetune_lowers_heldout_loss(void **state) {
 
 static void test_loraga_run_outputs(void **state) {
     (void)state;
-    char *cfg = lg_path_join(g_hf, "config.json");
-    int have = lg_file_exists(cfg);
-    free(cfg);
-    if (!have) {
+    if (!have_model()) {
         print_message("skipped: no converted model (../shared/data absent)\n");
         skip();
     }
@@ -241,10 +243,7 @@ static char *write_sst2_pc(const char *name, const char *tsv, int first, int cou
 
 static void test_every_method_lowers_heldout_loss(void **state) {
     (void)state;
-    char *cfg = lg_path_join(g_hf, "config.json");
-    int have = lg_file_exists(cfg);
-    free(cfg);
-    if (!have) {
+    if (!have_model()) {
         print_message("skipped: no converted model (../shared/data absent)\n");
         skip();
     }

@@ -23,26 +23,10 @@
 #define RTOL 1e-5      /* same computation, other order of float operations */
 #define PEFT_RTOL 1e-4 /* against PEFT: max |ours - ref| / max(1, max |ref|) */
 
+/* The shared tiny config with this file's vocabulary and a longer context. */
 static lg_config tiny_config(lg_arch arch) {
-    lg_config c;
-    memset(&c, 0, sizeof c);
-    c.arch = arch;
-    snprintf(c.model_type, sizeof c.model_type, "%s", arch == LG_ARCH_GPT2 ? "gpt2" : "llama");
-    snprintf(c.torch_dtype, sizeof c.torch_dtype, "float32");
-    c.vocab_size = 29;
-    c.dim = 16;
-    c.n_layers = 2;
-    c.n_heads = 4;
-    c.n_kv_heads = arch == LG_ARCH_GPT2 ? 4 : 2;
-    c.head_dim = 4;
-    c.hidden_dim = 24;
+    lg_config c = lg_test_tiny_config(arch, 29, 2);
     c.max_seq = 32;
-    c.norm_eps = 1e-5f;
-    c.rope_theta = 10000.0f;
-    c.rope_style = LG_ROPE_HALF;
-    c.qkv_bias = c.o_bias = c.mlp_bias = arch == LG_ARCH_GPT2;
-    c.tied_embeddings = arch == LG_ARCH_GPT2;
-    c.bos_id = c.eos_id = -1;
     return c;
 }
 
