@@ -4,7 +4,7 @@
 # OpenMPI is optional (data-parallel training, docs/mpi.md): installed as root, only mentioned
 # otherwise; LORAGA_MPI=0 leaves it out.
 set -e
-PKGS="gcc make libopenblas-openmp-dev liblapacke-dev libcjson-dev libpcre2-dev libcmocka-dev cmake pkg-config"
+PKGS="gcc make libopenblas-openmp-dev liblapacke-dev libcjson-dev libpcre2-dev libcmocka-dev libdnnl-dev libyaml-dev cmake pkg-config"
 OPT_PKGS="libopenmpi-dev openmpi-bin"
 [ "${LORAGA_MPI:-auto}" = 0 ] && OPT_PKGS=""
 missing=""
