@@ -1,6 +1,8 @@
 # loraga — build with `make`, test with `make test`, run the demo with `make demo`.
 # Plain GNU make: every src/**/*.c goes into build/libloraga.a, src/cli/*.c into build/loraga,
 # each tests/test_*.c becomes a cmocka binary built with ASan+UBSan and run by ctest.
+# The tests run with LORAGA_PRECISION=fp32 (the reference comparisons are float32 on every CPU);
+# the bf16 tests ask for --precision bf16 themselves.
 
 CC       ?= gcc
 ARCH     ?= -march=native
@@ -11,7 +13,7 @@ WARN     := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes
 CPPFLAGS := -Iinclude -Isrc -I$(BLAS_INC) -D_GNU_SOURCE
 CFLAGS   := -std=c11 $(OPT) $(ARCH) -g $(WARN) -fopenmp
 # OpenMP build of OpenBLAS: one thread pool shared with our own OpenMP loops.
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llapacke -lcjson -lpcre2-8 -lm -fopenmp
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llapacke -ldnnl -lcjson -lpcre2-8 -lm -fopenmp
 
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -88,7 +90,7 @@ build/tests/CTestTestfile.cmake: Makefile $(TEST_SRC)
 
 test: deps-check build/loraga $(TEST_BIN) build/tests/CTestTestfile.cmake
 	@cd build/tests && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  OMP_NUM_THREADS=2 LORAGA_BIN="$(CURDIR)/build/loraga" ctest --output-on-failure
+	  OMP_NUM_THREADS=2 LORAGA_BIN="$(CURDIR)/build/loraga" LORAGA_PRECISION=fp32 ctest --output-on-failure
 
 # The demo builds (deps-check + all) itself, so that its report times every phase; README.md.
 # make demo DEMO_ARGS="--quick" (seconds), DEMO_ARGS="--out DIR --steps N --threads N".

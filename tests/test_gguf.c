@@ -514,7 +514,7 @@ static float *logits_of(lg_model *m, const int *ids, int T, double *loss) {
 static void test_fixture_model_matches_transformers(void **state) {
     (void)state;
     lg_model *m;
-    if (lg_model_load(FIXTURE, &m)) print_message("%s\n", lg_last_error());
+    if (lg_model_load(FIXTURE, NULL, &m)) print_message("%s\n", lg_last_error());
     const lg_config *c = lg_model_config(m);
     assert_true(c->dim == 64 && c->n_layers == 2 && c->n_heads == 4 && c->n_kv_heads == 2 && c->hidden_dim == 96);
     assert_true(c->vocab_size == 289 && c->tied_embeddings && c->rope_style == LG_ROPE_HALF && c->max_seq == 64);
@@ -707,7 +707,7 @@ static void test_synthetic_untied_exact(void **state) {
     (void)state;
     lg_config c = small_config(32);
     lg_model *m, *m2;
-    assert_int_equal(lg_model_create(&c, NULL, 7, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 7, NULL, &m), 0);
     lg_rng r;
     lg_rng_seed(&r, 3);
     for (int i = 0; i < lg_model_n_params(m); i++) { /* away from the tiny init */
@@ -717,7 +717,7 @@ static void test_synthetic_untied_exact(void **state) {
     buf b = model_gguf(m, "llama", 0, 0);
     char *dir = lg_test_tmpdir(), *path = lg_path_join(dir, "m.gguf");
     assert_int_equal(write_buf(path, &b), 0);
-    if (lg_model_load(path, &m2)) print_message("%s\n", lg_last_error());
+    if (lg_model_load(path, NULL, &m2)) print_message("%s\n", lg_last_error());
     assert_non_null(m2);
     assert_false(lg_model_config(m2)->tied_embeddings);
     int ids[12] = {1, 5, 9, 36, 0, 2, 2, 17, 30, 4, 8, 11};
@@ -732,22 +732,22 @@ static void test_synthetic_untied_exact(void **state) {
     /* model-level refusals name the problem */
     b = model_gguf(m, "gpt2", 0, 0);
     assert_int_equal(write_buf(path, &b), 0);
-    assert_int_equal(lg_model_load(path, &m2), -1);
+    assert_int_equal(lg_model_load(path, NULL, &m2), -1);
     assert_non_null(strstr(lg_last_error(), "architecture 'gpt2' is not supported"));
     free(b.p);
     b = model_gguf(m, "llama", 1, 0);
     assert_int_equal(write_buf(path, &b), 0);
-    assert_int_equal(lg_model_load(path, &m2), -1);
+    assert_int_equal(lg_model_load(path, NULL, &m2), -1);
     assert_non_null(strstr(lg_last_error(), "llama.block_count' is missing"));
     free(b.p);
     lg_model_free(m);
     /* a Q4_K attn_q: parsed, then refused by name when the weights are read */
     c = small_config(256);
     c.hidden_dim = 256;
-    assert_int_equal(lg_model_create(&c, NULL, 7, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 7, NULL, &m), 0);
     b = model_gguf(m, "llama", 0, 12);
     assert_int_equal(write_buf(path, &b), 0);
-    assert_int_equal(lg_model_load(path, &m2), -1);
+    assert_int_equal(lg_model_load(path, NULL, &m2), -1);
     assert_non_null(strstr(lg_last_error(), "Q4_K"));
     assert_non_null(strstr(lg_last_error(), "attn_q"));
     free(b.p);
@@ -976,7 +976,7 @@ static int smol_setup(void **state) {
     g_smol = find_smollm2();
     if (!g_smol) return 0;
     double t0 = lg_now();
-    if (lg_model_load(g_smol, &g_m)) {
+    if (lg_model_load(g_smol, NULL, &g_m)) {
         print_message("loading %s failed: %s\n", g_smol, lg_last_error());
         return -1;
     }
@@ -1182,7 +1182,7 @@ static void test_smol_convert_roundtrip(void **state) {
         free(p);
     }
     lg_model *m;
-    assert_int_equal(lg_model_load(out, &m), 0);
+    assert_int_equal(lg_model_load(out, NULL, &m), 0);
     int ids[10] = {504, 3575, 282, 4649, 314, 216, 33, 34, 35, 36};
     float *a = logits_of(g_m, ids, 10, NULL), *b = logits_of(m, ids, 10, NULL);
     assert_memory_equal(a, b, (size_t)10 * 49152 * sizeof(float)); /* float32 safetensors: exact */

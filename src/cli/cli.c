@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "model/model.h"
 
 int lg_cli_fail(void) {
     fprintf(stderr, "loraga: error: %s\n", lg_last_error());
@@ -107,6 +108,17 @@ int lg_parse_opts(int argc, char **argv, const lg_opt *opts, int nopts, const ch
 
 /* Whether the tokenizer itself puts BOS in front of a text (LLaMA-style) — as HF's
  * tokenizer(text) would; GPT-2 and SmolLM2 do not. */
+int lg_cli_precision(const char *s, lg_model_opts *mo) {
+    memset(mo, 0, sizeof *mo);
+    if (lg_precision_parse(s, &mo->precision) != 0) return lg_errorf_prefix("--precision");
+    mo->precision = lg_precision_resolve(mo->precision);
+    return 0;
+}
+
+void lg_cli_bf16_base(lg_model *m) {
+    if (lg_model_ops(m)->precision == LG_PREC_BF16) lg_model_store_frozen_bf16(m);
+}
+
 int lg_cli_tokenizer_adds_bos(const lg_tokenizer *t) {
     int *ids = NULL, n = 0;
     int bos = lg_tokenizer_bos(t), adds = 0;

@@ -28,6 +28,14 @@ void lg_print_opts(const lg_opt *opts, int nopts, const char *usage);
 /* "loraga: error: <lg_last_error()>" on stderr; returns 1 (the exit status). */
 int lg_cli_fail(void);
 
+/* --precision's value -> model options (AUTO resolved); -1 with a message when malformed. */
+struct lg_model_opts;
+int lg_cli_precision(const char *s, struct lg_model_opts *mo);
+/* Inference in bf16: store the (frozen) base as bf16, as the products read it anyway (half the
+ * memory; the backend may prepack it). Call once adapters are attached. */
+struct lg_model;
+void lg_cli_bf16_base(struct lg_model *m);
+
 struct lg_tokenizer;
 /* Whether the tokenizer adds BOS in front of a text, as HF's tokenizer(text) does. */
 int lg_cli_tokenizer_adds_bos(const struct lg_tokenizer *t);

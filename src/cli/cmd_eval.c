@@ -127,11 +127,13 @@ done:
 }
 
 int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *data = NULL, *tokp = NULL, *adapter = NULL, *task = "lm", *dump = NULL;
+    const char *model = NULL, *data = NULL, *tokp = NULL, *adapter = NULL, *task = "lm", *dump = NULL, *precision_s = "auto";
     const char *shots_data = NULL, *pred_path = NULL, *rows_path = NULL;
     int json = 0, max_len = 0, skip_bad = 0, limit = 0, shots = 0, max_tokens = 256;
     lg_opt opts[] = {
         {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
+        {"--precision", LG_OPT_STR, &precision_s,
+         "linear layers in fp32 or bf16 (fp32 accumulation); auto = bf16 where the CPU has bf16 units (default auto)"},
         {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
         {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory (loraga's or PEFT's) applied to the model (default: none)"},
         {"--data", LG_OPT_STR, &data, "required. lm: JSONL rows ({\"text\"}, {\"prompt\",\"completion\"}, chat {\"messages\"}) or .txt; tasks: the task file"},
@@ -180,7 +182,8 @@ int cmd_eval(int argc, char **argv) {
     float **bufs = NULL;
     int nitems = 0;
     int rc = 1;
-    if (lg_model_load(model, &m) != 0) goto done;
+    lg_model_opts mo;
+    if (lg_cli_precision(precision_s, &mo) != 0 || lg_model_load(model, &mo, &m) != 0) goto done;
     const lg_config *c = lg_model_config(m);
     if (lg_tokenizer_load(tokp ? tokp : model, &t) != 0) goto done;
     if (lg_tokenizer_vocab_size(t) > c->vocab_size) {
@@ -192,6 +195,7 @@ int cmd_eval(int argc, char **argv) {
         if (lg_adapter_set_load(m, adapter, &ad) != 0) goto done;
         if (!json) fprintf(stderr, "adapter: %s\n", lg_adapter_set_describe(ad));
     }
+    lg_cli_bf16_base(m);
     if (kind != LG_TASK_LM) {
         if (eval_task(m, t, kind, data, shots_data, shots, limit, max_tokens, pred_path, NULL, json,
                       ad ? lg_adapter_set_describe(ad) : NULL) != 0)

@@ -43,11 +43,13 @@ static int on_token(int id, void *ud) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *tokp = NULL, *adapter = NULL, *prompt = NULL;
+    const char *model = NULL, *tokp = NULL, *adapter = NULL, *prompt = NULL, *precision_s = "auto";
     int max_tokens = 256, top_k = 0, seed = 42, no_echo = 0, ignore_eos = 0, stats = 0;
     float temperature = 1.0f, top_p = 1.0f;
     lg_opt opts[] = {
         {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
+        {"--precision", LG_OPT_STR, &precision_s,
+         "linear layers in fp32 or bf16 (fp32 accumulation); auto = bf16 where the CPU has bf16 units (default auto)"},
         {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
         {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory applied to the model (default: none)"},
         {"--prompt", LG_OPT_STR, &prompt, "required: text to continue (may be empty when the tokenizer has a BOS token)"},
@@ -77,7 +79,8 @@ int cmd_generate(int argc, char **argv) {
     lg_text_stream *ts = NULL;
     int *raw = NULL, *ids = NULL, nraw = 0, rc = 1;
     lg_gen_result res = {0};
-    if (lg_model_load(model, &m) != 0) goto done;
+    lg_model_opts mo;
+    if (lg_cli_precision(precision_s, &mo) != 0 || lg_model_load(model, &mo, &m) != 0) goto done;
     const lg_config *c = lg_model_config(m);
     if (lg_tokenizer_load(tokp ? tokp : model, &t) != 0) goto done;
     if (lg_tokenizer_vocab_size(t) > c->vocab_size) {
@@ -86,6 +89,7 @@ int cmd_generate(int argc, char **argv) {
     }
     if (adapter && lg_adapter_set_load(m, adapter, &ad) != 0) goto done;
     if (ad && stats) fprintf(stderr, "adapter: %s\n", lg_adapter_set_describe(ad));
+    lg_cli_bf16_base(m);
     if (lg_tokenizer_encode(t, prompt, strlen(prompt), 0, &raw, &nraw) != 0) goto done;
     /* BOS where the tokenizer adds one (as eval and training frame documents); an empty prompt
      * starts from BOS in any case (GPT-2's <|endoftext|>) */

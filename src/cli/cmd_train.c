@@ -72,7 +72,7 @@ static void ga_progress(const char *phase, long done, long total, void *ud) {
 /* The command itself; cmd_train (at the end) wraps it in the MPI start and stop. */
 static int train_main(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *method = "lora", *out = NULL, *tokp = NULL, *sched = "constant",
-               *dtype = NULL, *targets = NULL, *init = NULL, *base_dtype = "float32";
+               *dtype = NULL, *targets = NULL, *init = NULL, *base_dtype = NULL, *precision_s = "auto";
     const char *ga_mode = "all", *ga_dir = "ArB2r", *ga_scale = "stable", *ga_variant = "paper", *ga_cache = NULL;
     int seed = 42, pack = 0, skip_bad = 0, rank = 8, use_rslora = 0, use_dora = 0, save_init = 0;
     float val_frac = 0.0f, alpha = 16.0f, dropout = 0.0f, loraplus = 0.0f, ga_gamma = 16.0f;
@@ -108,9 +108,13 @@ static int train_main(int argc, char **argv) {
         {"--pack", LG_OPT_FLAG, &pack, "pack rows into full sequences instead of padding"},
         {"--skip-bad", LG_OPT_FLAG, &skip_bad, "skip malformed rows (counted) instead of stopping"},
         {"--dtype", LG_OPT_STR, &dtype, "full: dtype of the saved model (default: the input's)"},
+        {"--precision", LG_OPT_STR, &precision_s,
+         "linear layers in fp32, or bf16 (bf16 GEMM inputs, fp32 accumulation, fp32 master weights, optimizer, "
+         "norms, softmax, loss); auto = bf16 where the CPU has bf16 units (AVX512-BF16/AMX), else fp32 "
+         "(default auto)"},
         {"--base-dtype", LG_OPT_STR, &base_dtype,
-         "adapters: storage of the frozen base weights, float32 or bfloat16 (half the memory; compute stays "
-         "float32) (default float32)"},
+         "adapters: storage of the frozen base weights, float32 or bfloat16 (half the memory) (default: bfloat16 "
+         "with --precision bf16, else float32)"},
         /* adapters */
         {"--rank", LG_OPT_INT, &rank, "adapter rank r (default 8; AdaLoRA: the initial rank)"},
         {"--alpha", LG_OPT_FLOAT, &alpha, "adapter alpha (default 16)"},
@@ -189,6 +193,17 @@ static int train_main(int argc, char **argv) {
         lg_errorf("--rank must be >= 1, --alpha > 0 and --dropout in [0, 1)");
         return lg_cli_fail();
     }
+    lg_precision prec;
+    if (lg_precision_parse(precision_s, &prec) != 0) {
+        lg_errorf_prefix("--precision");
+        free(ck_dir), free(ck_run);
+        return lg_cli_fail();
+    }
+    prec = lg_precision_resolve(prec);
+    /* bf16 compute rounds the weights to bf16 anyway: storing the frozen base so is free accuracy-wise,
+     * except where a checkpoint must keep the offset base in float32 (PiSSA, LoRA-GA) */
+    if (!base_dtype)
+        base_dtype = prec == LG_PREC_BF16 && !full && !(ckpt && (mi == 5 || is_ga)) ? "bfloat16" : "float32";
     int base_bf16 = !strcmp(base_dtype, "bfloat16") || !strcmp(base_dtype, "bf16");
     if (!base_bf16 && strcmp(base_dtype, "float32") && strcmp(base_dtype, "f32")) {
         lg_errorf("--base-dtype %s: expected float32 or bfloat16", base_dtype);
@@ -226,7 +241,9 @@ static int train_main(int argc, char **argv) {
     const int root = lg_dist_rank() == 0; /* dist: only rank 0 writes RUNDIR; the others a scratch dir */
     lg_ckpt_spec spec = {0};
     cJSON *cfg = ckpt ? cJSON_CreateObject() : NULL; /* what a resume must match */
-    if (lg_model_load(model, &m) != 0) goto done;
+    const lg_model_opts mo = {prec};
+    if (lg_model_load(model, &mo, &m) != 0) goto done;
+    if (root) fprintf(stderr, "precision: %s\n", lg_ops_describe(lg_model_ops(m)));
     if (cfg) { /* identities, taken before any init offsets the weights */
         uint64_t id;
         char hx[17];
@@ -276,6 +293,7 @@ static int train_main(int argc, char **argv) {
                 lg_dist_size(), lg_dist_info(), o.batch_size);
     if (cfg) {
         cJSON_AddStringToObject(cfg, "--method", method);
+        cJSON_AddStringToObject(cfg, "--precision", lg_precision_name(prec));
         cJSON_AddNumberToObject(cfg, "--seed", seed);
         cJSON_AddNumberToObject(cfg, "--val-frac", lg_ckpt_float(val_frac));
         cJSON_AddBoolToObject(cfg, "--pack", pack);

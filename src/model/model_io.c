@@ -17,7 +17,7 @@ static int ends_with(const char *s, const char *suf) {
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-int lg_model_load(const char *path, lg_model **out) {
+int lg_model_load(const char *path, const lg_model_opts *opts, lg_model **out) {
     *out = NULL;
     lg_config cfg;
     if (lg_is_dir(path)) {
@@ -25,7 +25,7 @@ int lg_model_load(const char *path, lg_model **out) {
         lg_safetensors *st;
         if (lg_st_open(path, &st) != 0) return -1;
         lg_weight_src src = {st, st_read, st_has};
-        int rc = lg_model_create(&cfg, &src, 0, out);
+        int rc = lg_model_create(&cfg, &src, 0, opts, out);
         lg_st_close(st);
         if (rc) lg_errorf_prefix("%s", path);
         return rc;
@@ -34,13 +34,13 @@ int lg_model_load(const char *path, lg_model **out) {
     lg_weight_src src;
     if (ends_with(path, ".gguf") || lg_gguf_is_gguf(path)) { /* llama.cpp's format: dequantised to float32 */
         if (lg_gguf_model_open(path, &cfg, &src) != 0) return -1;
-        int rc = lg_model_create(&cfg, &src, 0, out);
+        int rc = lg_model_create(&cfg, &src, 0, opts, out);
         lg_gguf_model_close(&src);
         if (rc) lg_errorf_prefix("%s", path);
         return rc;
     }
     if (lg_llama2c_open(path, &cfg, &src) != 0) return -1;
-    int rc = lg_model_create(&cfg, &src, 0, out);
+    int rc = lg_model_create(&cfg, &src, 0, opts, out);
     lg_llama2c_close(&src);
     return rc;
 }

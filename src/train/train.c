@@ -239,7 +239,7 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
                         "\"elapsed\": %.3f",
                     p.step, p.loss, p.lr, p.grad_norm, p.tokens_per_s, p.elapsed);
             if (!isnan(p.val_loss)) fprintf(mf, ", \"val_loss\": %.9g", p.val_loss);
-            fprintf(mf, "}\n");
+            fprintf(mf, ", \"precision\": \"%s\"}\n", lg_precision_name(lg_model_ops(m)->precision));
             fflush(mf);
         }
         if (o->on_progress && root) o->on_progress(&p, o->progress_ud);
