@@ -871,14 +871,20 @@ static void check_chat(const lg_dataset *d, long i, const lg_tokenizer *t, const
     assert_int_equal(lg_tokenizer_encode(t, text, strlen(text), 0, &want, &m), 0);
     assert_int_equal(n, m);
     assert_memory_equal(ids, want, (size_t)m * sizeof(int));
-    /* loss tokens: from after "<|im_start|>assistant\n" up to and including the next <|im_end|> */
+    /* loss tokens: from after "<|im_start|>assistant\n" up to and including the next <|im_end|> and the
+     * newline the template writes after it (the turn as the template renders it) */
     int ims = lg_tokenizer_piece_to_id(t, "<|im_start|>"), ime = lg_tokenizer_piece_to_id(t, "<|im_end|>");
     int *as_ids, an;
     assert_int_equal(lg_tokenizer_encode(t, "assistant\n", 10, 0, &as_ids, &an), 0);
-    int in = 0, nloss = 0;
+    int in = 0, nloss = 0, nl_id = -1, after_end = 0;
+    int *nl, nn;
+    assert_int_equal(lg_tokenizer_encode(t, "\n", 1, 0, &nl, &nn), 0);
+    if (nn == 1) nl_id = nl[0];
+    free(nl);
     for (int k = 0; k < n; k++) {
-        int expect = in;
-        if (ids[k] == ime) in = 0;
+        int expect = in || (after_end && ids[k] == nl_id);
+        after_end = 0;
+        if (ids[k] == ime && in) in = 0, after_end = 1;
         if (ids[k] == ims && k + an < n && !memcmp(ids + k + 1, as_ids, (size_t)an * sizeof(int))) {
             for (int q = 1; q <= an; q++) assert_int_equal(loss[k + q], 0);
             k += an;
@@ -930,11 +936,20 @@ static void test_chat_rows(void **state) {
     snprintf(text, sizeof text, "<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\nthe cat sat<|im_end|>\n");
     check_chat(d, 0, t, text);
     lg_dataset_free(d);
-    /* templates we cannot render, bad rows */
-    assert_null(load_rows(rows, t, "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }}{% endfor %}"));
+    /* any Jinja template runs (Mistral-style here: BOS from the tokenizer, no end-of-turn markup) */
+    d = load_rows(rows, t, "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] + eos_token }}"
+                           "{% else %}[INST] {{ m['content'] }}[/INST]{% endif %}{% endfor %}");
+    if (!d) print_message("%s\n", lg_last_error());
+    assert_non_null(d);
+    lg_dataset_free(d);
+    /* templates we cannot run, bad rows */
+    assert_null(load_rows(rows, t, "{% include 'other.jinja' %}"));
     assert_non_null(strstr(lg_last_error(), "chat.jsonl:1:"));
-    assert_non_null(strstr(lg_last_error(), "only ChatML"));
-    assert_null(load_rows("{\"messages\": [{\"role\": \"user\"}]}\n", t, NULL));
+    assert_non_null(strstr(lg_last_error(), "unsupported construct: {% include %}"));
+    assert_null(load_rows("{\"messages\": [{\"role\": \"user\"}, {\"role\": \"assistant\", \"content\": \"x\"}]}\n", t, NULL));
+    assert_non_null(strstr(lg_last_error(), "chat.jsonl:1:"));
+    assert_non_null(strstr(lg_last_error(), "'content' is undefined"));
+    assert_null(load_rows("{\"messages\": [{\"content\": \"x\"}]}\n", t, NULL));
     assert_non_null(strstr(lg_last_error(), "chat.jsonl:1: messages[0] needs"));
     assert_null(load_rows("{\"messages\": \"hi\"}\n", t, NULL));
     assert_non_null(strstr(lg_last_error(), "non-empty array"));
@@ -1140,7 +1155,7 @@ static void test_smol_chat_and_greedy(void **state) {
         if (loss[i]) lids[k++] = ids[i];
     assert_int_equal(lg_tokenizer_decode_ex(g_t, lids, k, LG_DECODE_KEEP_SPECIAL, &dec, NULL), 0);
     print_message("chat row: %d tokens, %d with loss: \"%s\"\n", m, nl, dec);
-    assert_string_equal(dec, "2+2 equals 4.<|im_end|>3+3 equals 6.<|im_end|>");
+    assert_string_equal(dec, "2+2 equals 4.<|im_end|>\n3+3 equals 6.<|im_end|>\n");
     free(dec);
     free(lids);
     free(want);
