@@ -1,6 +1,6 @@
 #!/bin/sh
 # build_llama_cpp.sh [--check] — build llama.cpp's own tools (llama-perplexity, llama-completion,
-# llama-tokenize) once from the source vendored in the PyPI sdist llama-cpp-python, and cache them
+# llama-tokenize, llama-quantize) once from the source vendored in the PyPI sdist llama-cpp-python, and cache them
 # outside the repository. Prints the folder holding the binaries on stdout (messages on stderr).
 #
 #   cache: ${LORAGA_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/loraga}/llama.cpp-<version>/bin
@@ -27,7 +27,7 @@ SRC=$CACHE/llama_cpp_python-$VERSION
 OUT=$CACHE/llama.cpp-$VERSION
 BIN=$OUT/bin
 
-if [ "${1:-}" != "--source" ] && [ -f "$OUT/.complete" ] && [ -x "$BIN/llama-perplexity" ]; then
+if [ "${1:-}" != "--source" ] && [ -f "$OUT/.complete" ] && [ -x "$BIN/llama-quantize" ]; then
     echo "$BIN"
     exit 0
 fi
@@ -63,7 +63,7 @@ if [ "${1:-}" = "--source" ]; then echo "$LLAMA"; exit 0; fi
 # ---- the build (one at a time: a lock in the cache)
 exec 9>"$CACHE/.llama-build.lock"
 if command -v flock >/dev/null 2>&1; then flock 9; fi
-if [ -f "$OUT/.complete" ] && [ -x "$BIN/llama-perplexity" ]; then echo "$BIN"; exit 0; fi
+if [ -f "$OUT/.complete" ] && [ -x "$BIN/llama-quantize" ]; then echo "$BIN"; exit 0; fi
 
 echo "build_llama_cpp: building llama.cpp tools in $OUT/build (takes a while)" >&2
 mkdir -p "$OUT/build" "$BIN"
@@ -74,8 +74,8 @@ nice -n 10 cmake -S "$LLAMA" -B "$OUT/build" -G "Unix Makefiles" \
     -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >&2 ||
     die "cmake configure failed (log above)"
 nice -n 10 cmake --build "$OUT/build" -j"${JOBS:-2}" \
-    --target llama-perplexity llama-completion llama-tokenize >&2 || die "build failed (log above)"
-for t in llama-perplexity llama-completion llama-tokenize; do
+    --target llama-perplexity llama-completion llama-tokenize llama-quantize >&2 || die "build failed (log above)"
+for t in llama-perplexity llama-completion llama-tokenize llama-quantize; do
     f=$(find "$OUT/build" -type f -name "$t" -perm -u+x | head -n 1)
     [ -n "$f" ] || die "$t was not built"
     cp -f "$f" "$BIN/$t"
