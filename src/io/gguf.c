@@ -773,8 +773,8 @@ static int gm_read(void *ctx, const char *name, float *dst, int ndim, const int6
                          g->name, gn, (long long)rows, (long long)t->ne[0], (long long)t->ne[0], (long long)rows,
                          (long long)want_rows, (long long)want_cols, name);
     if (!lg_ggml_type_supported(t->type))
-        return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: F32, F16, BF16, "
-                         "Q8_0, Q4_0, Q4_1)", g->name, gn, lg_ggml_type_name(t->type));
+        return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: " SUPPORTED_TYPES ")",
+                         g->name, gn, lg_ggml_type_name(t->type));
     if (!ph) return lg_gguf_read_f32(g, t, dst);
     int hd = (int)(rows / ph);
     if (hd * ph != rows || hd % 2)
