@@ -203,12 +203,83 @@ static void test_generation_spans(void **state) {
     cJSON_Delete(msgs);
 }
 
+/* the CLI on the real SmolLM2 (skipped without it): tokenize --as-training gives transformers'
+ * apply_chat_template ids for a chat row and EOS after a completion; generate --chat renders the
+ * question as apply_chat_template(..., add_generation_prompt=True) and answers as transformers'
+ * greedy generate did (tests/golden/gguf/smollm2_reference.json) */
+static void test_cli_smollm2(void **state) {
+    (void)state;
+    char smol[4096] = {0};
+    const char *env = getenv("LORAGA_SMOLLM2"), *home = getenv("HOME");
+    if (env && *env) snprintf(smol, sizeof smol, "%s", env);
+    else snprintf(smol, sizeof smol, "%s/.cache/loraga/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", home ? home : "/tmp");
+    if (!lg_file_exists(smol)) {
+        print_message("skipped: SmolLM2-135M-Instruct not cached (scripts/fetch_smollm2.sh)\n");
+        skip();
+    }
+    char *data;
+    size_t n;
+    assert_int_equal(lg_read_file("tests/golden/gguf/smollm2_reference.json", &data, &n), 0);
+    cJSON *ref = cJSON_Parse(data);
+    free(data);
+    const cJSON *chat = cJSON_GetObjectItem(ref, "chat");
+    char *dir = lg_test_tmpdir(), rows[4200], cmd[16384];
+    static char out[1 << 16];
+    snprintf(rows, sizeof rows, "%s/rows.jsonl", dir);
+    char *msgs = cJSON_PrintUnformatted(cJSON_GetObjectItem(chat, "messages"));
+    FILE *f = fopen(rows, "w");
+    fprintf(f, "{\"messages\": %s}\n{\"prompt\": \"Hello there\", \"completion\": \" friend\"}\n", msgs);
+    fclose(f);
+    free(msgs);
+    snprintf(cmd, sizeof cmd, "%s tokenize --tokenizer %s --input %s --as-training", lg_test_bin(), smol, rows);
+    assert_int_equal(lg_test_run(cmd, out, sizeof out), 0);
+    char *l2 = strchr(out, '\n');
+    assert_non_null(l2);
+    *l2++ = 0;
+    cJSON *r1 = cJSON_Parse(out), *r2 = cJSON_Parse(l2);
+    assert_non_null(r1);
+    assert_non_null(r2);
+    const cJSON *ids = cJSON_GetObjectItem(r1, "ids"), *want = cJSON_GetObjectItem(chat, "ids");
+    assert_int_equal(cJSON_GetArraySize(ids), cJSON_GetArraySize(want));
+    for (int i = 0; i < cJSON_GetArraySize(want); i++)
+        assert_int_equal(cJSON_GetArrayItem(ids, i)->valueint, cJSON_GetArrayItem(want, i)->valueint);
+    /* prompt + completion + EOS (<|im_end|>, id 2), loss on " friend" and EOS */
+    const cJSON *i2 = cJSON_GetObjectItem(r2, "ids"), *m2 = cJSON_GetObjectItem(r2, "mask");
+    int k = cJSON_GetArraySize(i2);
+    assert_true(k >= 3);
+    assert_int_equal(cJSON_GetArrayItem(i2, k - 1)->valueint, 2);
+    assert_int_equal(cJSON_GetArrayItem(m2, k - 1)->valueint, 1);
+    assert_int_equal(cJSON_GetArrayItem(m2, 0)->valueint, 0);
+    cJSON_Delete(r1);
+    cJSON_Delete(r2);
+    /* generate --chat: the question, greedy */
+    const cJSON *q = cJSON_GetArrayItem(cJSON_GetObjectItem(chat, "question"), 0);
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=2 %s generate --model %s --chat --prompt '%s' --temperature 0 --no-echo "
+             "--max-tokens %d --stats 2>&1", lg_test_bin(), smol, cJSON_GetObjectItem(q, "content")->valuestring,
+             cJSON_GetArraySize(cJSON_GetObjectItem(chat, "greedy_ids")) + 2);
+    assert_int_equal(lg_test_run(cmd, out, sizeof out), 0);
+    char want_stats[64];
+    snprintf(want_stats, sizeof want_stats, "%d prompt tokens", cJSON_GetArraySize(cJSON_GetObjectItem(chat, "prompt_ids")));
+    print_message("generate --chat: %s", out);
+    assert_non_null(strstr(out, want_stats));
+    char greedy[512];
+    snprintf(greedy, sizeof greedy, "%s", cJSON_GetObjectItem(chat, "greedy_text")->valuestring);
+    char *im = strstr(greedy, "<|im_end|>");
+    if (im) *im = 0;
+    assert_true(strncmp(out, greedy, strlen(greedy)) == 0);
+    cJSON_Delete(ref);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    lg_test_run(cmd, NULL, 0);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_real_templates),
         cmocka_unit_test(test_features),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_generation_spans),
+        cmocka_unit_test(test_cli_smollm2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
