@@ -78,11 +78,25 @@ static lg_batch *mkbatch(batchbuf *bb, int B, int T) {
 static void test_prompt_completion_masks(void **state) {
     (void)state;
     lg_data_opts o = opts(16);
-    lg_dataset *d = load_str("{\"prompt\":\"ab\",\"completion\":\"cd\"}\n{\"text\":\"xy\"}\n", 1, &o);
-    assert_int_equal(lg_dataset_count(d, LG_SPLIT_TRAIN), 2);
     const int *ids;
     const unsigned char *loss;
     int n;
+    /* by default a completion ends with EOS (a loss token), as TRL appends it; a text row does not
+     * (the tokenizer's post-processor adds none here) */
+    lg_dataset *d = load_str("{\"prompt\":\"ab\",\"completion\":\"cd\"}\n{\"text\":\"xy\"}\n", 1, &o);
+    assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
+    int eos_ids[6] = {1, 'a', 'b', 'c', 'd', 2};
+    unsigned char eos_loss[6] = {0, 0, 0, 1, 1, 1};
+    assert_int_equal(n, 6);
+    assert_memory_equal(ids, eos_ids, sizeof eos_ids);
+    assert_memory_equal(loss, eos_loss, sizeof eos_loss);
+    assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 1, &ids, &loss, &n), 0);
+    assert_int_equal(n, 3);
+    lg_dataset_free(d);
+    /* no_eos (--no-eos): the rows as they are */
+    o.no_eos = 1;
+    d = load_str("{\"prompt\":\"ab\",\"completion\":\"cd\"}\n{\"text\":\"xy\"}\n", 1, &o);
+    assert_int_equal(lg_dataset_count(d, LG_SPLIT_TRAIN), 2);
     assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
     assert_int_equal(n, 5);
     int want_ids[5] = {1, 'a', 'b', 'c', 'd'};
@@ -107,9 +121,16 @@ static void test_prompt_completion_masks(void **state) {
     for (int t = 0; t < 6; t++) assert_true(bb.w[6 + t] == 0.0f);
     lg_dataset_free(d);
 
-    /* add_eos: EOS is a loss token of the completion; no BOS when not asked */
+    /* add_eos: EOS is a loss token of the completion (once, with or without no_eos) and of text rows;
+     * no BOS when not asked */
     o.add_eos = 1;
     o.add_bos = 0;
+    d = load_str("{\"text\":\"x\"}\n", 1, &o);
+    assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[1], 2);
+    lg_dataset_free(d);
+    o.no_eos = 0;
     d = load_str("{\"prompt\":\"ab\",\"completion\":\"c\"}\n", 1, &o);
     assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
     int want2[4] = {'a', 'b', 'c', 2};
@@ -152,6 +173,7 @@ static void test_packing(void **state) {
     (void)state;
     lg_data_opts o = opts(4);
     o.pack = 1;
+    o.no_eos = 1;
     lg_dataset *d = load_str("{\"text\":\"ab\"}\n{\"prompt\":\"c\",\"completion\":\"d\"}\n{\"text\":\"ef\"}\n", 1, &o);
     /* stream: <s> a b <s> c d <s> e f -> chunks [<s> a b <s>] [c d <s> e] [f] (too short) */
     assert_int_equal(lg_dataset_count(d, LG_SPLIT_TRAIN), 2);

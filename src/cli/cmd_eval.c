@@ -129,6 +129,7 @@ done:
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL, *adapter = NULL, *task = "lm", *dump = NULL, *precision_s = "auto";
     const char *shots_data = NULL, *pred_path = NULL, *rows_path = NULL;
+    int no_eos = 0, add_eos = 0;
     int json = 0, max_len = 0, skip_bad = 0, limit = 0, shots = 0, max_tokens = 256;
     lg_opt opts[] = {
         {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
@@ -140,6 +141,8 @@ int cmd_eval(int argc, char **argv) {
         {"--task", LG_OPT_STR, &task, "lm (default), sst2, mrpc or gsm8k"},
         {"--max-len", LG_OPT_INT, &max_len, "lm: truncate documents to this many tokens (default: the model's maximum)"},
         {"--skip-bad", LG_OPT_FLAG, &skip_bad, "lm: skip malformed rows (counted) instead of stopping"},
+        {"--no-eos", LG_OPT_FLAG, &no_eos, "lm: prompt/completion rows without the EOS train appends by default"},
+        {"--add-eos", LG_OPT_FLAG, &add_eos, "lm: end text rows with EOS (default: only when the tokenizer adds it)"},
         {"--dump-logits", LG_OPT_STR, &dump,
          "lm: also write every document's ids and logits to this safetensors file (ids.N, logits.N;\n"
          "                           default: not written)"},
@@ -209,6 +212,8 @@ int cmd_eval(int argc, char **argv) {
     char *chat_tpl = lg_cli_chat_template(model);
     o.chat_template = chat_tpl;
     o.skip_bad = skip_bad;
+    o.no_eos = no_eos;
+    o.add_eos = add_eos || lg_cli_tokenizer_adds_eos(t);
     int dl = lg_dataset_load(data, t, &o, &d);
     free(chat_tpl);
     if (dl != 0) goto done;

@@ -74,6 +74,7 @@ static int train_main(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *method = "lora", *out = NULL, *tokp = NULL, *sched = "constant",
                *dtype = NULL, *targets = NULL, *init = NULL, *base_dtype = NULL, *precision_s = "auto";
     const char *ga_mode = "all", *ga_dir = "ArB2r", *ga_scale = "stable", *ga_variant = "paper", *ga_cache = NULL;
+    int no_eos = 0, add_eos = 0;
     int seed = 42, pack = 0, skip_bad = 0, rank = 8, use_rslora = 0, use_dora = 0, save_init = 0;
     float val_frac = 0.0f, alpha = 16.0f, dropout = 0.0f, loraplus = 0.0f, ga_gamma = 16.0f;
     int ga_batches = 64, ga_bs = 2, ga_k = 0, target_r = 4, tinit = -1, tfinal = -1, delta_t = 1;
@@ -107,6 +108,8 @@ static int train_main(int argc, char **argv) {
         {"--val-batches", LG_OPT_INT, &o.val_batches, "validation batches per evaluation (default: all)"},
         {"--pack", LG_OPT_FLAG, &pack, "pack rows into full sequences instead of padding"},
         {"--skip-bad", LG_OPT_FLAG, &skip_bad, "skip malformed rows (counted) instead of stopping"},
+        {"--no-eos", LG_OPT_FLAG, &no_eos, "prompt/completion rows without the EOS appended by default (as TRL does)"},
+        {"--add-eos", LG_OPT_FLAG, &add_eos, "end text rows with EOS (default: only when the tokenizer adds it)"},
         {"--dtype", LG_OPT_STR, &dtype, "full: dtype of the saved model (default: the input's)"},
         {"--precision", LG_OPT_STR, &precision_s,
          "linear layers in fp32, or bf16 (bf16 GEMM inputs, fp32 accumulation, fp32 master weights, optimizer, "
@@ -271,6 +274,8 @@ static int train_main(int argc, char **argv) {
     char *chat_tpl = lg_cli_chat_template(model);
     dopt.chat_template = chat_tpl;
     dopt.skip_bad = skip_bad;
+    dopt.no_eos = no_eos;
+    dopt.add_eos = add_eos || lg_cli_tokenizer_adds_eos(t);
     dopt.val_frac = val_frac;
     dopt.seed = (uint64_t)seed;
     int dl = lg_dataset_load(data, t, &dopt, &d);

@@ -14,6 +14,7 @@ static const struct {
     {"eval", cmd_eval, "loss / perplexity of a model (+ adapter) on data"},
     {"train", cmd_train, "fine-tune: full, LoRA family, LoRA-GA"},
     {"merge", cmd_merge, "merge a PEFT LoRA adapter into the base: a new Hugging Face directory"},
+    {"export", cmd_export, "a model (+ adapter merged) or an adapter as GGUF for llama.cpp / Ollama"},
     {"generate", cmd_generate, "sample text from a model (+ adapter) with a KV cache"},
     {"bench", cmd_bench, "measure tokens/s, GFLOP/s and peak RSS of the engine"},
 };
