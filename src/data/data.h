@@ -1,6 +1,8 @@
 /* data.h — training / evaluation data: rows -> tokenised examples -> batches.
  *
- * Input files (lg_dataset_load):
+ * Input files (lg_dataset_load; formats.h has every row shape and file kind: Alpaca, ShareGPT,
+ * conversational prompt-completion, JSON arrays, CSV/TSV, key mapping — each turned into one of
+ * the three shapes below before anything else happens):
  *   .jsonl  one JSON object per line (blank lines ignored, a UTF-8 BOM on line 1 is ignored):
  *             {"text": STR}                     loss on every token
  *             {"prompt": STR, "completion": STR} loss on completion tokens only; prompt and
@@ -53,8 +55,10 @@
 #define LG_DATA_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "data/batch.h"
+#include "data/formats.h"
 #include "tokenizer/tokenizer.h"
 
 enum { LG_SPLIT_TRAIN = 0, LG_SPLIT_VAL = 1, LG_SPLIT_TRAIN_FILE = 2 };
@@ -68,6 +72,9 @@ typedef struct {
     uint64_t seed;  /* validation split and per-epoch shuffling */
     int add_eos;    /* end each example with EOS (a loss token) if the tokenizer has one */
     const char *chat_template; /* Jinja chat template for "messages" rows; NULL = the tokenizer's */
+    lg_row_format format;      /* force one row shape (LG_FMT_AUTO: detect each row's) */
+    lg_field_map fields;       /* keys / columns under other names */
+    lg_file_kind kind;         /* lg_dataset_load: LG_FILE_AUTO = by the file's extension */
 } lg_data_opts;
 
 typedef struct lg_dataset lg_dataset;
@@ -81,13 +88,24 @@ typedef struct {
     long examples[2];  /* per split (train, validation) */
     long tokens[2];    /* tokens per split */
     long loss_tokens[2];
+    long dropped_cut;  /* of `dropped`: rows that had loss tokens, all past max_len */
+    long shape_rows[LG_FMT_COUNT]; /* rows read, by shape */
+    char first_bad_why[200];       /* what was wrong with the first skipped row */
+    int alpaca_chat;   /* Alpaca rows were rendered as a chat (the model has a chat template) */
 } lg_data_stats;
 
 int lg_dataset_load(const char *path, const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out);
 /* The same from memory (name is used in messages; is_jsonl selects the format). */
 int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_jsonl, const lg_tokenizer *tok,
                         const lg_data_opts *o, lg_dataset **out);
+/* The same for any file kind (LG_FILE_JSON covers JSON Lines and JSON arrays). */
+int lg_dataset_load_mem_kind(const char *name, const char *data, size_t len, lg_file_kind kind,
+                             const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out);
 void lg_dataset_free(lg_dataset *d);
+
+/* What was read, in a few lines: rows by shape, skipped (why), truncated, examples and tokens per
+ * split. what: "data", "validation data"... */
+void lg_data_stats_print(FILE *f, const char *what, const char *path, const lg_data_stats *s, int max_len);
 
 /* Examples in a split (LG_SPLIT_TRAIN_FILE counts the train split). */
 int lg_dataset_count(const lg_dataset *d, int split);
