@@ -5,7 +5,8 @@
  * (batch_size or batch-size) — to values: a scalar, a flag's true/false (yes/no, on/off), or a
  * list of scalars, joined with "," (targets: [q_proj, v_proj]); null or an empty value leaves the
  * default. Each value goes through the same parser and checks as on the command line, so options
- * given on the command line after it override it. An unknown key, a key given twice, a nested
+ * given on the command line after it override it (a flag the file sets true stays on: flags have
+ * no --no- form). An unknown key, a key given twice, a nested
  * mapping, a bad value: an error naming FILE:LINE and the key. Parsed with libyaml. */
 #ifndef LG_CONFIG_YAML_H
 #define LG_CONFIG_YAML_H

@@ -106,9 +106,10 @@ typedef struct {
     long stop_after;       /* > 0: stop after this update (of `steps`), as a job time limit would */
     const char *resume_dir; /* continue from this checkpoint (NULL: from scratch) */
     const lg_ckpt_spec *ckpt; /* NULL: trainable tensors only */
-    /* Called after each update's evaluation and checkpoint, on every rank (p->val_loss is NaN
-     * unless it evaluated): 0 goes on, 1 stops the run here as finished (early stopping), -1
-     * fails it. The caller's snapshots, best-model tracking and patience live there. */
+    /* Called after each update and its evaluation, before its checkpoint, on every rank
+     * (p->val_loss is NaN unless it evaluated): 0 goes on, 1 ends the run here as finished (early
+     * stopping; that step is checkpointed as the last), -1 fails it. The caller's snapshots,
+     * best-result tracking and patience live there (run_record.h). */
     int (*after_step)(const lg_progress *p, void *ud);
     void *after_step_ud;
 } lg_train_opts;
