@@ -14,30 +14,9 @@
 #define PAD 2 /* no pad token: eos */
 static lg_tokenizer *g_tok;
 
-/* chars ' '..'~' get id = code; <s> = 1, </s> = 2; no merges */
-static lg_tokenizer *char_tokenizer(void) {
-    char json[8192];
-    size_t n = 0;
-    n += (size_t)snprintf(json + n, sizeof json - n,
-                          "{\"added_tokens\":[{\"id\":1,\"content\":\"<s>\",\"special\":true,\"normalized\":false},"
-                          "{\"id\":2,\"content\":\"</s>\",\"special\":true,\"normalized\":false}],"
-                          "\"model\":{\"type\":\"BPE\",\"vocab\":{\"<s>\":1,\"</s>\":2,\"\\n\":10");
-    for (int c = ' '; c <= '~'; c++) {
-        if (c == '"' || c == '\\') n += (size_t)snprintf(json + n, sizeof json - n, ",\"\\%c\":%d", c, c);
-        else n += (size_t)snprintf(json + n, sizeof json - n, ",\"%c\":%d", c, c);
-    }
-    n += (size_t)snprintf(json + n, sizeof json - n, "},\"merges\":[]}}");
-    const char *cfg = "{\"bos_token\":\"<s>\",\"eos_token\":\"</s>\"}";
-    lg_tokenizer *t;
-    int rc = lg_tokenizer_load_json_mem(json, n, cfg, strlen(cfg), "char.json", &t);
-    if (rc) print_message("%s\n", lg_last_error());
-    assert_int_equal(rc, 0);
-    return t;
-}
-
 static int setup(void **state) {
     (void)state;
-    g_tok = char_tokenizer();
+    g_tok = lg_test_char_tokenizer();
     return 0;
 }
 static int teardown(void **state) {
@@ -273,10 +252,10 @@ static void test_bad_rows(void **state) {
     expect_bad("{\"text\":\"ok\"}\n{\"text\":\"ok\"\n", 1, "rows.jsonl:2:", "not valid JSON");
     expect_bad("{\"text\":\"ok\"} x\n", 1, "rows.jsonl:1:", "not valid JSON");
     expect_bad("\n\n[1,2]\n", 1, "rows.jsonl:3:", "not a JSON object");
-    expect_bad("{\"text\":\"ok\"}\n{\"txt\":\"ok\"}\n", 1, "rows.jsonl:2:", "neither \"text\"");
+    expect_bad("{\"text\":\"ok\"}\n{\"txt\":\"ok\"}\n", 1, "rows.jsonl:2:", "none of the accepted shapes");
     expect_bad("{\"text\":5}\n", 1, "rows.jsonl:1:", "\"text\" is not a string");
     expect_bad("{\"prompt\":\"a\",\"completion\":null}\n", 1, "rows.jsonl:1:", "\"completion\" is not a string");
-    expect_bad("{\"prompt\":\"a\"}\n", 1, "rows.jsonl:1:", "\"prompt\"/\"completion\"");
+    expect_bad("{\"prompt\":\"a\"}\n", 1, "rows.jsonl:1:", "has \"prompt\" but not \"completion\"");
     expect_bad("{\"messages\":[]}\n", 1, "rows.jsonl:1:", "messages");
     expect_bad("{\"text\":\"ok\"}\n{\"text\":\"\xC3\x28\"}\n", 1, "rows.jsonl:2:", "invalid UTF-8");
     expect_bad("{\"text\":\"\\ud800\"}\n", 1, "rows.jsonl:1:", "not valid JSON");

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/version.h"
 
 static const struct {
     const char *name;
@@ -21,7 +22,7 @@ static const struct {
 
 static void usage(void) {
     printf("loraga — LoRA / LoRA-GA fine-tuning of transformer language models\n\n"
-           "usage: loraga <command> [options]   (loraga <command> --help for its options)\n\n"
+           "usage: loraga <command> [options]   (loraga <command> --help for its options; loraga --version)\n\n"
            "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         printf("  %-10s %s\n", commands[i].name, commands[i].help);
@@ -37,6 +38,10 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) {
+        printf("loraga %s (git %s)\n", LG_VERSION, lg_git_commit());
+        return 0;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage();
         return argc < 2 ? 2 : 0;

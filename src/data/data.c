@@ -67,15 +67,19 @@ typedef struct {
     lg_data_stats st;
     int chat_state; /* 0 = template not looked at yet, 1 = ready, -1 = failed */
     lg_chat *chat;
+    int alpaca_chat; /* a chat template exists: Alpaca rows become chats */
 } loader;
 
 /* A bad row: error, or counted when skip_bad. Returns 0 to go on, -1 to stop. */
 static int bad_row(loader *L, long line, const char *fmt, const char *arg) {
-    char msg[512];
+    char msg[1024];
     snprintf(msg, sizeof msg, fmt, arg ? arg : "");
     if (L->o->skip_bad) {
         L->st.bad_rows++;
-        if (!L->st.first_bad_line) L->st.first_bad_line = line;
+        if (!L->st.first_bad_line) {
+            L->st.first_bad_line = line;
+            snprintf(L->st.first_bad_why, sizeof L->st.first_bad_why, "%.199s", msg); /* its start */
+        }
         return 0;
     }
     return lg_errorf("%s:%ld: %s", L->name, line, msg);
@@ -108,7 +112,7 @@ static int add_row(loader *L, const char *prompt, size_t plen, const char *body,
 /* truncate (unless packing), drop a row with nothing to learn, else record it */
 static int end_row(loader *L, size_t start) {
     rows_t *r = &L->rows;
-    size_t len = r->n - start;
+    size_t len = r->n - start, full = r->n;
     if (!L->o->pack && len > (size_t)L->o->max_len) {
         L->st.truncated++;
         r->n = start + (size_t)L->o->max_len;
@@ -117,6 +121,9 @@ static int end_row(loader *L, size_t start) {
     int any = 0;
     for (size_t i = start + 1; i < r->n; i++) any |= r->loss[i];
     if (!any && !L->o->keep_empty) { /* nothing to learn from this row */
+        int cut = 0; /* the cut-off tail is still in the buffer */
+        for (size_t i = r->n; i < full; i++) cut |= r->loss[i];
+        L->st.dropped_cut += cut;
         L->st.dropped++;
         r->n = start;
         return 0;
@@ -195,6 +202,11 @@ static int add_chat_row(loader *L, const cJSON *msgs, long line) {
             snprintf(msg, sizeof msg, "messages[%d] needs a non-empty string \"role\"", k);
             return bad_row(L, line, "%s", msg);
         }
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(m, "weight");
+        if (w && !cJSON_IsBool(w) && !(cJSON_IsNumber(w) && (w->valuedouble == 0 || w->valuedouble == 1))) {
+            snprintf(msg, sizeof msg, "messages[%d].weight must be 0 or 1", k);
+            return bad_row(L, line, "%s", msg);
+        }
         k++;
     }
     if (chat_setup(L, line)) return -1;
@@ -263,19 +275,43 @@ done:
 }
 
 /* ---- JSONL ---------------------------------------------------------------------------- */
-static int get_str(loader *L, const cJSON *o, const char *key, long line, const char **out, int *bad) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    *out = NULL;
-    *bad = 0;
-    if (!v) return 0;
-    if (!cJSON_IsString(v)) {
-        char m[128];
-        snprintf(m, sizeof m, "field \"%s\" is not a string", key);
-        *bad = 1;
-        return bad_row(L, line, "%s", m);
+/* One row of any accepted shape (formats.h): made canonical, then added. */
+static int process_row(loader *L, const cJSON *row, long line) {
+    char why[1024];
+    lg_row_format shape;
+    cJSON *c = lg_row_canonical(row, L->o->format, &L->o->fields, L->alpaca_chat, &shape, why, sizeof why);
+    if (!c) return bad_row(L, line, "%s", why);
+    L->st.shape_rows[shape]++;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(c, "text"), *p = cJSON_GetObjectItemCaseSensitive(c, "prompt"),
+                *q = cJSON_GetObjectItemCaseSensitive(c, "completion");
+    int rc;
+    if (p) rc = add_row(L, p->valuestring, strlen(p->valuestring), q->valuestring, strlen(q->valuestring), line);
+    else if (t) rc = add_row(L, NULL, 0, t->valuestring, strlen(t->valuestring), line);
+    else rc = add_chat_row(L, cJSON_GetObjectItemCaseSensitive(c, "messages"), line);
+    cJSON_Delete(c);
+    return rc;
+}
+
+/* A JSON array of rows, or a CSV/TSV file (formats.h reads the records). */
+static int load_records(loader *L, const char *data, size_t len, lg_file_kind kind) {
+    lg_rec_reader *r;
+    if (lg_rec_open(L->name, data, len, kind, &r)) return -1;
+    int rc = 0;
+    for (;;) {
+        cJSON *o;
+        long line;
+        char why[256];
+        int got = lg_rec_next(r, &o, &line, why, sizeof why);
+        if (got <= 0) {
+            rc = got;
+            break;
+        }
+        rc = o ? process_row(L, o, line) : bad_row(L, line, "%s", why);
+        cJSON_Delete(o);
+        if (rc) break;
     }
-    *out = v->valuestring;
-    return 0;
+    lg_rec_close(r);
+    return rc;
 }
 
 static int load_jsonl(loader *L, const char *data, size_t len) {
@@ -317,30 +353,7 @@ static int load_jsonl(loader *L, const char *data, size_t len) {
             if (bad_row(L, line, "%s", m)) return -1;
             continue;
         }
-        int rc = 0, b1 = 0, b2 = 0, b3 = 0;
-        const char *text, *prompt, *comp;
-        if (!cJSON_IsObject(o)) {
-            rc = bad_row(L, line, "row is not a JSON object%s", NULL);
-            goto next;
-        }
-        if ((rc = get_str(L, o, "text", line, &text, &b1)) || b1) goto next;
-        if ((rc = get_str(L, o, "prompt", line, &prompt, &b2)) || b2) goto next;
-        if ((rc = get_str(L, o, "completion", line, &comp, &b3)) || b3) goto next;
-        if (prompt || comp) {
-            if (!prompt || !comp) {
-                rc = bad_row(L, line, "row has \"%s\" but not the other of \"prompt\"/\"completion\"",
-                             prompt ? "prompt" : "completion");
-                goto next;
-            }
-            rc = add_row(L, prompt, strlen(prompt), comp, strlen(comp), line);
-        } else if (text) {
-            rc = add_row(L, NULL, 0, text, strlen(text), line);
-        } else if (cJSON_GetObjectItemCaseSensitive(o, "messages")) {
-            rc = add_chat_row(L, cJSON_GetObjectItemCaseSensitive(o, "messages"), line);
-        } else {
-            rc = bad_row(L, line, "row has neither \"text\" nor \"prompt\"+\"completion\"%s", NULL);
-        }
-    next:
+        int rc = process_row(L, o, line);
         cJSON_Delete(o);
         if (rc) return -1;
     }
@@ -483,6 +496,18 @@ static void build_split(lg_dataset *d, int s, const rows_t *r, const long *rows,
 
 int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_jsonl, const lg_tokenizer *tok,
                         const lg_data_opts *o, lg_dataset **out) {
+    return lg_dataset_load_mem_kind(name, data, len, is_jsonl ? LG_FILE_JSON : LG_FILE_TEXT, tok, o, out);
+}
+
+/* JSON that starts with '[' (after a BOM and white space) is one array of rows, else JSON Lines. */
+static int json_is_array(const char *data, size_t len) {
+    size_t i = len >= 3 && !memcmp(data, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    while (i < len && is_ws(data[i])) i++;
+    return i < len && data[i] == '[';
+}
+
+int lg_dataset_load_mem_kind(const char *name, const char *data, size_t len, lg_file_kind kind,
+                             const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out) {
     *out = NULL;
     if (!name) name = "data";
     if (!tok) return lg_errorf("%s: no tokenizer", name);
@@ -494,7 +519,15 @@ int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_j
     L.name = name;
     L.tok = tok;
     L.o = o;
-    int rc = is_jsonl ? load_jsonl(&L, data, len) : load_txt(&L, data, len);
+    if (kind != LG_FILE_TEXT) { /* Alpaca rows become chats when there is a template to render them */
+        char *tt = o->chat_template ? NULL : lg_data_tokenizer_template(tok);
+        L.alpaca_chat = o->chat_template || tt;
+        free(tt);
+    }
+    L.st.alpaca_chat = L.alpaca_chat;
+    int rc = kind == LG_FILE_TEXT                       ? load_txt(&L, data, len)
+             : kind == LG_FILE_JSON && !json_is_array(data, len) ? load_jsonl(&L, data, len)
+                                                                 : load_records(&L, data, len, kind);
     lg_chat_free(L.chat);
     if (rc) {
         rows_free(&L.rows);
@@ -549,18 +582,13 @@ int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_j
     return 0;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 int lg_dataset_load(const char *path, const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out) {
     *out = NULL;
     char *data;
     size_t len;
     if (lg_read_file(path, &data, &len)) return -1;
-    int jsonl = ends_with(path, ".jsonl") || ends_with(path, ".json") || ends_with(path, ".JSONL");
-    int rc = lg_dataset_load_mem(path, data, len, jsonl, tok, o, out);
+    lg_file_kind kind = o->kind != LG_FILE_AUTO ? o->kind : lg_file_kind_of(path);
+    int rc = lg_dataset_load_mem_kind(path, data, len, kind, tok, o, out);
     free(data);
     return rc;
 }

@@ -1,6 +1,8 @@
 /* data.h — training / evaluation data: rows -> tokenised examples -> batches.
  *
- * Input files (lg_dataset_load):
+ * Input files (lg_dataset_load; formats.h has every row shape and file kind: Alpaca, ShareGPT,
+ * conversational prompt-completion, JSON arrays, CSV/TSV, key mapping — each turned into one of
+ * the three shapes below before anything else happens):
  *   .jsonl  one JSON object per line (blank lines ignored, a UTF-8 BOM on line 1 is ignored):
  *             {"text": STR}                     loss on every token
  *             {"prompt": STR, "completion": STR} loss on completion tokens only; prompt and
@@ -55,8 +57,10 @@
 #define LG_DATA_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "data/batch.h"
+#include "data/formats.h"
 #include "tokenizer/tokenizer.h"
 
 enum { LG_SPLIT_TRAIN = 0, LG_SPLIT_VAL = 1, LG_SPLIT_TRAIN_FILE = 2 };
@@ -73,6 +77,9 @@ typedef struct {
     int no_eos;     /* prompt/completion rows without the EOS they get by default */
     const char *chat_vars; /* JSON object of extra template variables (e.g. {"enable_thinking": false}); NULL */
     int keep_empty; /* keep rows without any loss token (loraga tokenize --as-training) */
+    lg_row_format format;      /* force one row shape (LG_FMT_AUTO: detect each row's) */
+    lg_field_map fields;       /* keys / columns under other names */
+    lg_file_kind kind;         /* lg_dataset_load: LG_FILE_AUTO = by the file's extension */
 } lg_data_opts;
 
 typedef struct lg_dataset lg_dataset;
@@ -86,12 +93,19 @@ typedef struct {
     long examples[2];  /* per split (train, validation) */
     long tokens[2];    /* tokens per split */
     long loss_tokens[2];
+    long dropped_cut;  /* of `dropped`: rows that had loss tokens, all past max_len */
+    long shape_rows[LG_FMT_COUNT]; /* rows read, by shape */
+    char first_bad_why[200];       /* what was wrong with the first skipped row */
+    int alpaca_chat;   /* Alpaca rows were rendered as a chat (the model has a chat template) */
 } lg_data_stats;
 
 int lg_dataset_load(const char *path, const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out);
 /* The same from memory (name is used in messages; is_jsonl selects the format). */
 int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_jsonl, const lg_tokenizer *tok,
                         const lg_data_opts *o, lg_dataset **out);
+/* The same for any file kind (LG_FILE_JSON covers JSON Lines and JSON arrays). */
+int lg_dataset_load_mem_kind(const char *name, const char *data, size_t len, lg_file_kind kind,
+                             const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out);
 void lg_dataset_free(lg_dataset *d);
 
 /* {"bos_token": ..., "eos_token": ..., "unk_token": ..., "pad_token": ...}: the special tokens a chat
@@ -100,6 +114,9 @@ struct cJSON *lg_data_special_tokens(const lg_tokenizer *tok);
 /* The chat template of the tokenizer_config.json the tokenizer was loaded with ("chat_template": a
  * string, or the "default" of a named list), or NULL (caller frees). */
 char *lg_data_tokenizer_template(const lg_tokenizer *tok);
+/* What was read, in a few lines: rows by shape, skipped (why), truncated, examples and tokens per
+ * split. what: "data", "validation data"... */
+void lg_data_stats_print(FILE *f, const char *what, const char *path, const lg_data_stats *s, int max_len);
 
 /* Examples in a split (LG_SPLIT_TRAIN_FILE counts the train split). */
 int lg_dataset_count(const lg_dataset *d, int split);

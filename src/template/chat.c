@@ -96,6 +96,18 @@ int lg_chat_render(const lg_chat *c, const cJSON *messages, int add_generation_p
     return render_n(c, messages, -1, add_generation_prompt, out, len, NULL, NULL);
 }
 
+static int is_assistant(const cJSON *m) {
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+    return cJSON_IsString(role) && !strcmp(role->valuestring, "assistant");
+}
+
+/* "weight": 0 / false takes a turn out of the loss (OpenAI's fine-tuning format; conversational
+ * prompt-completion rows mark their prompt turns so). */
+static int no_loss(const cJSON *m) {
+    const cJSON *w = cJSON_GetObjectItemCaseSensitive(m, "weight");
+    return cJSON_IsFalse(w) || (cJSON_IsNumber(w) && w->valuedouble == 0);
+}
+
 int lg_chat_assistant_spans(const lg_chat *c, const cJSON *messages, char **text, size_t *len, lg_jinja_span **spans,
                             int *n) {
     *text = NULL;
@@ -106,19 +118,37 @@ int lg_chat_assistant_spans(const lg_chat *c, const cJSON *messages, char **text
     lg_jinja_span *gen = NULL;
     int ngen = 0;
     if (render_n(c, messages, -1, 0, &T, &tn, &gen, &ngen)) return -1;
+    const int nm = cJSON_GetArraySize(messages);
     if (lg_jinja_has_generation(c->t)) {
+        /* one generation block per assistant turn, in order: a turn with weight 0 loses its span */
+        int na = 0, k = 0, drop = 0;
+        for (int i = 0; i < nm; i++) {
+            const cJSON *m = cJSON_GetArrayItem(messages, i);
+            if (is_assistant(m)) na++, drop |= no_loss(m);
+        }
+        if (drop && na != ngen) {
+            free(T), free(gen);
+            return lg_errorf("a message has weight 0, but this template's {%% generation %%} blocks (%d) do not match "
+                             "the %d assistant turns one to one", ngen, na);
+        }
+        for (int i = 0, g = 0; i < nm && drop; i++) {
+            const cJSON *m = cJSON_GetArrayItem(messages, i);
+            if (!is_assistant(m)) continue;
+            if (!no_loss(m)) gen[k++] = gen[g];
+            g++;
+        }
         *text = T;
         *len = tn;
         *spans = gen;
-        *n = ngen;
+        *n = drop ? k : ngen;
         return 0;
     }
     free(gen);
-    int nm = cJSON_GetArraySize(messages), ns = 0;
+    int ns = 0;
     lg_jinja_span *sp = lg_malloc((size_t)(nm + 1) * sizeof *sp);
     for (int i = 0; i < nm; i++) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(messages, i), "role");
-        if (!cJSON_IsString(role) || strcmp(role->valuestring, "assistant")) continue;
+        const cJSON *msg = cJSON_GetArrayItem(messages, i);
+        if (!is_assistant(msg) || no_loss(msg)) continue;
         char *Q = NULL, *Pt = NULL;
         size_t qn, pn;
         if (render_n(c, messages, i, 1, &Q, &qn, NULL, NULL) || render_n(c, messages, i + 1, 0, &Pt, &pn, NULL, NULL)) {

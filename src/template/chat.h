@@ -37,7 +37,8 @@ void lg_chat_free(lg_chat *c);
 int lg_chat_render(const lg_chat *c, const cJSON *messages, int add_generation_prompt, char **out, size_t *len);
 
 /* The conversation rendered (no generation prompt) and the byte ranges of its assistant turns, in
- * order (malloc'd; *n may be 0 when there is no assistant message). */
+ * order (malloc'd; *n may be 0 when there is no assistant message). A message with "weight": 0 (or
+ * false) has no span: it is context, not a target. */
 int lg_chat_assistant_spans(const lg_chat *c, const cJSON *messages, char **text, size_t *len, lg_jinja_span **spans,
                             int *n);
 
