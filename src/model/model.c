@@ -126,7 +126,7 @@ static void declare_params(lg_model *m) {
 }
 
 /* Floats of logits held at a time by a training plan with a frozen LM head (32 MiB): each block
- * re-packs the head for OpenBLAS, so a few large blocks cost ~1-3 % of a step, many small ones more. */
+ * re-packs the head for the GEMM, so a few large blocks cost ~1-3 % of a step, many small ones more. */
 #define LOGIT_BLOCK_FLOATS ((int64_t)1 << 23)
 
 /* GPT-2 checkpoints exist with and without the "transformer." prefix. */

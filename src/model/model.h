@@ -90,11 +90,11 @@ int lg_model_set_trainable(lg_model *m, int (*want)(const lg_param *p, void *ud)
 void lg_model_zero_grads(lg_model *m);
 
 /* Store every frozen matrix (linear weights, token embeddings, lm_head; not GPT-2's small
- * position table) as bfloat16, rounded to nearest even, and compute with it in float32: the GEMMs
- * convert a block of rows at a time into one small scratch buffer. Halves the memory of a frozen
- * base. Call once the base is final (after adapter initialisation, which may offset W) and before
- * anything keeps a pointer to a parameter's data: every parameter's data moves (the float32
- * ones into a smaller arena). Adapters that read W every step (DoRA) must not be attached.
+ * position table) as bfloat16, rounded to nearest even. The backend reads it as it is (bf16
+ * precision) or expands a block of rows at a time into float32 (fp32 precision). Halves the memory
+ * of a frozen base. Call once the base is final (after adapter initialisation, which may offset W)
+ * and before anything keeps a pointer to a parameter's data: every parameter's data moves (the
+ * float32 ones into a smaller arena). DoRA reads W through lg_param_read_f32, which handles both.
  * Returns the bytes saved (0 when nothing is frozen). */
 int64_t lg_model_store_frozen_bf16(lg_model *m);
 /* Copy a parameter as float32 (whatever its storage) into dst (numel floats). */
