@@ -1535,7 +1535,15 @@ static void test_links_in_a_run_directory_lose_nothing(void **state) {
     char *ad = pj(run, "adapter_model.safetensors");
     assert_true(lg_file_exists(ad));
     free(ad);
-    /* 4. a link as the whole output of a fresh run is never written through */
+    /* 4. the same for a fresh run without checkpoints (lg_outdir_begin) */
+    snprintf(run, sizeof run, "%s/fresh", g_tmp);
+    sh("mkdir '%s.tmp.99999997' && ln -s '%s' '%s.tmp.99999997/inner'", run, g_victim, run);
+    assert_int_equal(run_cli(g_rel, "train --model '%s' --data '%s' --method lora --steps 1 --batch-size 2 "
+                                     "--seq-len 16 --out '%s' 2>&1", g_model, g_data, run), 0);
+    snprintf(stale, sizeof stale, "%s.tmp.99999997", run);
+    assert_false(lg_file_exists(stale));
+    assert_true(victim_intact());
+    /* 5. a link as the whole output of a fresh run is never written through */
     char out[700];
     snprintf(out, sizeof out, "%s/out-link", g_tmp);
     sh("ln -sfn '%s' '%s'", g_victim, out);
