@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         lg_st_close(st);
     }
     lg_model *m;
-    if (lg_model_load(dir, &m) == 0) {
+    if (lg_model_load(dir, NULL, &m) == 0) {
         const lg_config *c = lg_model_config(m);
         int T = c->max_seq < 4 ? c->max_seq : 4;
         int in[4], tg[4];

@@ -42,7 +42,7 @@ static lg_config tiny_config(lg_arch arch, int max_seq) {
 /* A random model whose weights are large enough (std 0.2) that logits are far from uniform. */
 static lg_model *random_model(lg_config c, uint64_t seed) {
     lg_model *m = NULL;
-    assert_int_equal(lg_model_create(&c, NULL, seed, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, seed, NULL, &m), 0);
     lg_rng r;
     lg_rng_seed(&r, seed + 99);
     for (int i = 0; i < lg_model_n_params(m); i++) {
@@ -406,7 +406,7 @@ static void test_stories260k_greedy(void **state) {
     char *tokp = lg_test_shared("llama2c_stories260K/tok512.bin");
     lg_model *m = NULL;
     lg_tokenizer *t = NULL;
-    assert_int_equal(lg_model_load(bin, &m), 0);
+    assert_int_equal(lg_model_load(bin, NULL, &m), 0);
     assert_int_equal(lg_tokenizer_load(tokp, &t), 0);
     lg_kv *kv = NULL;
     assert_int_equal(lg_kv_create(m, 0, &kv), 0);

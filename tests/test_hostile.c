@@ -224,7 +224,7 @@ static void make_fixtures(void) {
     char init[600];
     snprintf(init, sizeof init, "%s/init", g_base);
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 11, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 11, NULL, &m), 0);
     assert_int_equal(lg_model_save_hf(m, init, "float32"), 0);
     lg_model_free(m);
     write_tokenizer(init);

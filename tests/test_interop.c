@@ -32,7 +32,7 @@ static lg_config tiny_config(lg_arch arch) {
 
 static lg_model *random_model(lg_config c, uint64_t seed) {
     lg_model *m = NULL;
-    assert_int_equal(lg_model_create(&c, NULL, seed, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, seed, NULL, &m), 0);
     lg_rng r;
     lg_rng_seed(&r, seed + 1);
     for (int i = 0; i < lg_model_n_params(m); i++) {
@@ -287,7 +287,7 @@ static void test_peft_written_goldens(void **state) {
         snprintf(base, sizeof base, "tests/golden/models/%.*s", (int)(strstr(GOLDEN[g], "__") - GOLDEN[g]), GOLDEN[g]);
         snprintf(ref, sizeof ref, "%s/reference.safetensors", dir);
         lg_model *m = NULL;
-        assert_int_equal(lg_model_load(base, &m), 0);
+        assert_int_equal(lg_model_load(base, NULL, &m), 0);
         lg_adapter_set *s = NULL;
         if (lg_adapter_set_load(m, dir, &s) != 0) fail_msg("%s: %s", dir, lg_last_error());
         double d = against_reference(m, ref);

@@ -16,7 +16,8 @@
 #include "core/util.h"
 #include "io/safetensors.h"
 #include "model/model.h"
-#include "model/model_internal.h" /* wblock_floats: force several row blocks */
+#include "model/model_internal.h" /* logit_block_floats, the backend: force several row blocks */
+#include "ops/ops_cpu.h"
 #include "train/train.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -44,7 +45,7 @@ static int want_wte(const lg_param *p, void *ud) {
 /* A frozen model with spread weights, planned for training on 2 x 6. */
 static lg_model *frozen_model_cfg(lg_config c, uint64_t seed) {
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, seed, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, seed, NULL, &m), 0);
     spread_weights(m, seed + 100);
     assert_int_equal(lg_model_set_trainable(m, want_none, NULL), 0);
     assert_int_equal(lg_model_plan(m, 2, 6, 1), 0);
@@ -598,7 +599,7 @@ static void test_bf16_frozen_base(void **state) {
                 f32_bytes += lg_model_param(m[1], i)->numel * 4;
         int64_t saved = lg_model_store_frozen_bf16(m[1]);
         assert_int_equal(saved >= f32_bytes / 2, 1); /* bf16 arena (aligned views) holds every matrix */
-        m[1]->wblock_floats = 2 * c->dim + 3;      /* several blocks, the last one partial */
+        lg_ops_cpu_set_wblock(m[1]->ops, 2 * c->dim + 3); /* several blocks, the last one partial */
         for (int i = 0; i < lg_model_n_params(m[1]); i++) {
             lg_param *p = lg_model_param(m[1], i), *q = lg_model_param(m[0], i);
             const int want16 = p->ndim == 2 && !strstr(p->name, "wpe");
@@ -656,8 +657,8 @@ static void test_bf16_frozen_base(void **state) {
             assert_int_equal(lg_model_save_hf(m[0], d0, "float32"), 0);
             assert_int_equal(lg_model_save_hf(m[1], d1, "float32"), 0);
             lg_model *r[2];
-            assert_int_equal(lg_model_load(d0, &r[0]), 0);
-            assert_int_equal(lg_model_load(d1, &r[1]), 0);
+            assert_int_equal(lg_model_load(d0, NULL, &r[0]), 0);
+            assert_int_equal(lg_model_load(d1, NULL, &r[1]), 0);
             for (int i = 0; i < lg_model_n_params(r[0]); i++)
                 assert_memory_equal(lg_model_param(r[0], i)->data, lg_model_param(r[1], i)->data,
                                     (size_t)lg_model_param(r[0], i)->numel * sizeof(float));
@@ -687,7 +688,7 @@ static void test_adapter_threads_agree(void **state) {
         for (int k = 0; k < 2; k++) {
             omp_set_num_threads(k + 1);
             lg_model *m;
-            assert_int_equal(lg_model_create(&c, NULL, 5, &m), 0);
+            assert_int_equal(lg_model_create(&c, NULL, 5, NULL, &m), 0);
             assert_int_equal(lg_model_set_trainable(m, want_none, NULL), 0);
             assert_int_equal(lg_model_plan(m, 4, 64, 1), 0);
             lg_lora_opts o = opts_for("all-linear", 8);
@@ -767,7 +768,7 @@ static void test_blocked_logits(void **state) {
             if (llama && j == 1) {
                 assert_true(lg_model_store_frozen_bf16(m[j]) > 0);
                 assert_non_null(m[j]->lm_head->bf16);
-                m[j]->wblock_floats = 5 * 16 + 3; /* several weight blocks inside each logit block */
+                lg_ops_cpu_set_wblock(m[j]->ops, 5 * 16 + 3); /* several weight blocks inside each logit block */
             }
             double w;
             loss[j] = lg_model_forward(m[j], &b, &w);
@@ -792,7 +793,9 @@ static void test_blocked_logits(void **state) {
         }
         print_message("blocked logits (%s): loss %.7f vs %.7f, gradients differ by %.2e (max |dB| %.2e)\n",
                       llama ? "llama, bf16 base" : "gpt2, tied head trains: whole batch", loss[0], loss[1], worst, gmax);
-        assert_true(gmax > 0 && worst <= 1e-5 * gmax);
+        /* 2e-5: the row-block products may run on the other GEMM library than the whole ones
+         * (oneDNN / OpenBLAS, chosen per shape), so the summation order differs */
+        assert_true(gmax > 0 && worst <= 2e-5 * gmax);
         if (llama) { /* the untied head of the float32 model, blocked, becomes trainable: whole batch again */
             m[0]->logit_block_floats = 23 * 7;
             assert_int_equal(lg_model_plan(m[0], 2, 10, 1), 0);
@@ -1497,7 +1500,7 @@ static void test_interleaved_rows(void **state) {
     assert_int_equal(lg_adapters_save_peft(ad, dir, "tiny"), 0);
     assert_int_equal(lg_model_save_hf(m, hf, "float32"), 0); /* the base only: adapters are not in it */
     lg_model *h;
-    assert_int_equal(lg_model_load(hf, &h), 0);
+    assert_int_equal(lg_model_load(hf, NULL, &h), 0);
     assert_int_equal(lg_model_config(h)->rope_style, LG_ROPE_HALF);
     assert_int_equal(lg_model_set_trainable(h, want_none, NULL), 0);
     assert_int_equal(lg_model_plan(h, 2, 6, 1), 0);

@@ -34,7 +34,7 @@ static double loss_of(lg_model *m, const lg_batch *b) {
  * max |a - n| / (|a| + |n| + 1e-3) over the checked entries. */
 static double grad_check(lg_config c, int *checked) {
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 1, NULL, &m), 0);
     spread_weights(m, 7);
     lg_batch b;
     lg_test_random_batch(&b, 2, 6, c.vocab_size, 3);
@@ -111,7 +111,7 @@ static void test_frozen_weights_have_no_grad(void **state) {
     (void)state;
     lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 5, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 5, NULL, &m), 0);
     spread_weights(m, 9);
     lg_batch b;
     lg_test_random_batch(&b, 2, 6, c.vocab_size, 4);
@@ -145,21 +145,21 @@ static void test_frozen_weights_have_no_grad(void **state) {
 /* save_hf -> load gives the same loss (float32 exact) and the same tensors. */
 static void roundtrip(lg_config c) {
     lg_model *m, *m2;
-    assert_int_equal(lg_model_create(&c, NULL, 21, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 21, NULL, &m), 0);
     lg_batch b;
     lg_test_random_batch(&b, 2, 6, c.vocab_size, 8);
     double w;
     float l1 = lg_model_forward(m, &b, &w);
     char *dir = lg_test_tmpdir();
     assert_int_equal(lg_model_save_hf(m, dir, "float32"), 0);
-    assert_int_equal(lg_model_load(dir, &m2), 0);
+    assert_int_equal(lg_model_load(dir, NULL, &m2), 0);
     float l2 = lg_model_forward(m2, &b, &w);
     if (c.rope_style == LG_ROPE_HALF) assert_true(l1 == l2);
     else assert_float_equal(l1, l2, 1e-5 * fabs(l1)); /* permuted q/k, same maths */
     /* bf16 copy: loss within bf16 rounding */
     assert_int_equal(lg_model_save_hf(m, dir, "bfloat16"), 0);
     lg_model_free(m2);
-    assert_int_equal(lg_model_load(dir, &m2), 0);
+    assert_int_equal(lg_model_load(dir, NULL, &m2), 0);
     float l3 = lg_model_forward(m2, &b, &w);
     assert_float_equal(l1, l3, 2e-2 * fabs(l1));
     char cmd[512];
@@ -185,19 +185,19 @@ static void test_shape_mismatch_refused(void **state) {
     (void)state;
     lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 23, 2);
     lg_model *m, *m2;
-    assert_int_equal(lg_model_create(&c, NULL, 2, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 2, NULL, &m), 0);
     char *dir = lg_test_tmpdir();
     assert_int_equal(lg_model_save_hf(m, dir, NULL), 0);
     c.hidden_dim = 20; /* config now disagrees with the weights */
     assert_int_equal(lg_config_save(&c, dir), 0);
-    assert_int_equal(lg_model_load(dir, &m2), -1);
+    assert_int_equal(lg_model_load(dir, NULL, &m2), -1);
     print_message("error: %s\n", lg_last_error());
     assert_non_null(strstr(lg_last_error(), "gate_proj"));
     /* missing tensor */
     c.hidden_dim = 24;
     c.n_layers = 3;
     assert_int_equal(lg_config_save(&c, dir), 0);
-    assert_int_equal(lg_model_load(dir, &m2), -1);
+    assert_int_equal(lg_model_load(dir, NULL, &m2), -1);
     assert_non_null(strstr(lg_last_error(), "model.layers.2"));
     /* bad config values */
     char *cfg = lg_path_join(dir, "config.json");
@@ -206,11 +206,11 @@ static void test_shape_mismatch_refused(void **state) {
           "\"vocab_size\": 23, \"intermediate_size\": 24}",
           f);
     fclose(f);
-    assert_int_equal(lg_model_load(dir, &m2), -1);
+    assert_int_equal(lg_model_load(dir, NULL, &m2), -1);
     f = fopen(cfg, "w");
     fputs("{\"model_type\": \"llama\", \"hidden_size\": ", f);
     fclose(f);
-    assert_int_equal(lg_model_load(dir, &m2), -1);
+    assert_int_equal(lg_model_load(dir, NULL, &m2), -1);
     assert_non_null(strstr(lg_last_error(), "config.json"));
     free(cfg);
     char cmd[512];
@@ -269,7 +269,7 @@ static void test_stories260k_greedy_reference(void **state) {
     LG_REQUIRE_SHARED(path, "llama2c_stories260K/stories260K.bin");
     LG_REQUIRE_SHARED(tokp, "llama2c_stories260K/tok512.bin");
     lg_model *m;
-    assert_int_equal(lg_model_load(path, &m), 0);
+    assert_int_equal(lg_model_load(path, NULL, &m), 0);
     assert_int_equal(lg_model_config(m)->rope_style, LG_ROPE_INTERLEAVED);
     int ids[40];
     greedy(m, ids, 40);
@@ -296,10 +296,10 @@ static void test_stories260k_llama2c_equals_hf(void **state) {
     (void)state;
     LG_REQUIRE_SHARED(path, "llama2c_stories260K/stories260K.bin");
     lg_model *a, *b2;
-    assert_int_equal(lg_model_load(path, &a), 0);
+    assert_int_equal(lg_model_load(path, NULL, &a), 0);
     char *dir = lg_test_tmpdir();
     assert_int_equal(lg_model_save_hf(a, dir, "float32"), 0);
-    assert_int_equal(lg_model_load(dir, &b2), 0);
+    assert_int_equal(lg_model_load(dir, NULL, &b2), 0);
     assert_int_equal(lg_model_config(b2)->rope_style, LG_ROPE_HALF);
     /* the converted q_proj really is permuted (not a copy) */
     lg_param *qa = lg_model_find_param(a, "model.layers.0.self_attn.q_proj.weight");
@@ -345,17 +345,17 @@ static void test_llama2c_malformed(void **state) {
     lg_model *m;
     /* truncated */
     assert_int_equal(lg_write_file_atomic(bad, data, len - 100), 0);
-    assert_int_equal(lg_model_load(bad, &m), -1);
+    assert_int_equal(lg_model_load(bad, NULL, &m), -1);
     assert_non_null(strstr(lg_last_error(), "truncated"));
     /* header shorter than 28 bytes */
     assert_int_equal(lg_write_file_atomic(bad, data, 10), 0);
-    assert_int_equal(lg_model_load(bad, &m), -1);
+    assert_int_equal(lg_model_load(bad, NULL, &m), -1);
     assert_non_null(strstr(lg_last_error(), "bad.bin"));
     /* inconsistent header: heads not dividing dim */
     int32_t h = 7;
     memcpy(data + 12, &h, 4);
     assert_int_equal(lg_write_file_atomic(bad, data, len), 0);
-    assert_int_equal(lg_model_load(bad, &m), -1);
+    assert_int_equal(lg_model_load(bad, NULL, &m), -1);
     assert_non_null(strstr(lg_last_error(), "n_heads=7"));
     free(data);
     unlink(bad);

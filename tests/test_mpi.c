@@ -224,8 +224,10 @@ static void test_loraga_init_p2_equals_p1(void **state) {
          * differences of the partial sums (P=1: one GEMM over 4 rows; P=2: two GEMMs of 2 rows
          * plus the all-reduce) stay ~1e-6 in A0, B0 (measured 1.5e-6 all, 1.8e-6 sketch). At
          * r 8 the 16th direction's small gap amplifies them to 6e-6 (all) and 4e-5 (sketch): the
-         * same noise any change of summation order (BLAS, threads) would cause. */
-        double tol = 1e-5;
+         * same noise any change of summation order (BLAS, threads) would cause. With oneDNN's
+         * GEMMs (their blocking depends on the row count) the r 4 directions differ by up to
+         * 1.2e-5: the limit is 3e-5. */
+        double tol = 3e-5;
         same_tensors(n1, n2, "init_lora_checkpoint/adapter_model.safetensors", tol, tol);
         same_metric(n1, n2, "loss", 2);
     }

@@ -96,7 +96,7 @@ static void test_gemm_vs_naive(void **state) {
             int lda = acols + pad, ldb = bcols + pad, ldc = N + pad;
             float *A = randn(&r, (long)arows * lda, 1.0f), *B = randn(&r, (long)brows * ldb, 1.0f);
             float *C = randn(&r, (long)M * ldc, 1.0f), *C0 = dup_f(C, (long)M * ldc);
-            OPS->gemm(ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 2.0f, C, ldc);
+            OPS->gemm(OPS, ta, tb, M, N, K, 0.5f, A, lda, B, ldb, 2.0f, C, ldc);
             for (int i = 0; i < M; i++) {
                 for (int j = 0; j < N; j++) {
                     double s = 0.0;
@@ -122,7 +122,7 @@ static void test_linear_forward_vs_naive(void **state) {
     float *x = randn(&r, (long)N * in, 1.0f), *W = randn(&r, (long)out * in, 1.0f);
     float *b = randn(&r, out, 1.0f), *y = zeros((long)N * out);
     for (int withb = 0; withb < 2; withb++) {
-        OPS->linear_forward(y, x, W, withb ? b : NULL, N, in, out);
+        OPS->linear_forward(OPS, y, x, lg_weight_f32(W), withb ? b : NULL, N, in, out);
         for (int i = 0; i < N; i++)
             for (int o = 0; o < out; o++) {
                 double s = withb ? b[o] : 0.0;
@@ -139,7 +139,7 @@ typedef struct {
 } lin_ctx;
 static double lin_loss(void *p) {
     lin_ctx *c = p;
-    OPS->linear_forward(c->y, c->x, c->W, c->b, c->N, c->in, c->out);
+    OPS->linear_forward(OPS, c->y, c->x, lg_weight_f32(c->W), c->b, c->N, c->in, c->out);
     return dot_d(c->g, c->y, (long)c->N * c->out);
 }
 
@@ -150,7 +150,7 @@ static void run_linear_grad(int N, int in, int out, long maxn) {
                  randn(&r, out, 1.0f), randn(&r, (long)N * out, 1.0f), zeros((long)N * out),
                  N, in, out};
     float *dx = zeros((long)N * in), *dW = zeros((long)out * in), *db = zeros(out);
-    OPS->linear_backward(dx, dW, db, c.g, c.x, c.W, N, in, out);
+    OPS->linear_backward(OPS, dx, dW, db, c.g, c.x, lg_weight_f32(c.W), N, in, out, 1.0f);
     fd_check("linear dx", c.x, (long)N * in, dx, lin_loss, &c, maxn);
     fd_check("linear dW", c.W, (long)out * in, dW, lin_loss, &c, maxn);
     fd_check("linear db", c.b, out, db, lin_loss, &c, maxn);
@@ -171,14 +171,14 @@ static void test_linear_backward_accum_null(void **state) {
     float *x = randn(&r, N * in, 1.0f), *W = randn(&r, out * in, 1.0f);
     float *dy = randn(&r, N * out, 1.0f);
     float *dx = zeros(N * in), *dW = zeros(out * in), *db = zeros(out);
-    OPS->linear_backward(dx, dW, db, dy, x, W, N, in, out);
+    OPS->linear_backward(OPS, dx, dW, db, dy, x, lg_weight_f32(W), N, in, out, 1.0f);
     float *bx = randn(&r, N * in, 1.0f), *bW = randn(&r, out * in, 1.0f);
     float *bb = randn(&r, out, 1.0f);
     float *ax = dup_f(bx, N * in), *aW = dup_f(bW, out * in), *ab = dup_f(bb, out);
-    OPS->linear_backward(ax, NULL, NULL, dy, x, W, N, in, out);
-    OPS->linear_backward(NULL, aW, NULL, dy, x, W, N, in, out);
-    OPS->linear_backward(NULL, NULL, ab, dy, x, W, N, in, out);
-    OPS->linear_backward(NULL, NULL, NULL, dy, x, W, N, in, out);
+    OPS->linear_backward(OPS, ax, NULL, NULL, dy, x, lg_weight_f32(W), N, in, out, 1.0f);
+    OPS->linear_backward(OPS, NULL, aW, NULL, dy, x, lg_weight_f32(W), N, in, out, 1.0f);
+    OPS->linear_backward(OPS, NULL, NULL, ab, dy, x, lg_weight_f32(W), N, in, out, 1.0f);
+    OPS->linear_backward(OPS, NULL, NULL, NULL, dy, x, lg_weight_f32(W), N, in, out, 1.0f);
     for (int i = 0; i < N * in; i++) assert_true(fabsf(ax[i] - (bx[i] + dx[i])) < 1e-5f);
     for (int i = 0; i < out * in; i++) assert_true(fabsf(aW[i] - (bW[i] + dW[i])) < 1e-5f);
     for (int i = 0; i < out; i++) assert_true(fabsf(ab[i] - (bb[i] + db[i])) < 1e-5f);
@@ -199,7 +199,7 @@ static void test_embedding(void **state) {
         int *ids = lg_malloc((size_t)N * sizeof(int));
         for (int i = 0; i < N; i++) ids[i] = (int)(lg_rng_u64(&r) % (uint64_t)V);
         float *table = randn(&r, (long)V * C, 1.0f), *out = zeros((long)N * C);
-        OPS->embedding_forward(out, ids, table, N, C);
+        OPS->embedding_forward(OPS, out, ids, lg_weight_f32(table), N, C);
         for (int i = 0; i < N; i++)
             assert_memory_equal(out + (long)i * C, table + (long)ids[i] * C, C * sizeof(float));
         float *dout = randn(&r, (long)N * C, 1.0f), *dt = randn(&r, (long)V * C, 1.0f);
@@ -207,7 +207,7 @@ static void test_embedding(void **state) {
         for (long i = 0; i < (long)V * C; i++) want[i] = dt[i];
         for (int i = 0; i < N; i++)
             for (int c = 0; c < C; c++) want[(long)ids[i] * C + c] += dout[(long)i * C + c];
-        OPS->embedding_backward(dt, dout, ids, N, C);
+        OPS->embedding_backward(OPS, dt, dout, ids, N, C);
         for (long i = 0; i < (long)V * C; i++) assert_true(fabs(dt[i] - want[i]) < 1e-3);
         free(ids), free(table), free(out), free(dout), free(dt), free(want);
     }
@@ -221,7 +221,7 @@ static double pos_loss(void *p) {
     pos_ctx *c = p;
     long n = (long)c->B * c->T * c->C;
     memcpy(c->out, c->base, (size_t)n * sizeof(float));
-    OPS->posemb_forward(c->out, c->wpe, c->B, c->T, c->C, c->pos0);
+    OPS->posemb_forward(OPS, c->out, c->wpe, c->B, c->T, c->C, c->pos0);
     return dot_d(c->g, c->out, n);
 }
 
@@ -241,7 +241,7 @@ static void test_posemb(void **state) {
                 assert_true(c.out[k] == c.base[k] + c.wpe[(pos0 + t) * C + i]);
             }
     float *dwpe = zeros((long)P * C);
-    OPS->posemb_backward(dwpe, c.g, B, T, C, pos0);
+    OPS->posemb_backward(OPS, dwpe, c.g, B, T, C, pos0);
     for (int p = 0; p < P; p++) /* rows outside [pos0, pos0+T) untouched */
         if (p < pos0 || p >= pos0 + T)
             for (int i = 0; i < C; i++) assert_true(dwpe[p * C + i] == 0.0f);
@@ -258,9 +258,9 @@ typedef struct {
 static double norm_loss(void *p) {
     norm_ctx *c = p;
     if (c->layer)
-        OPS->layernorm_forward(c->out, c->mean, c->rstd, c->x, c->w, c->b, c->N, c->C, 1e-5f);
+        OPS->layernorm_forward(OPS, c->out, c->mean, c->rstd, c->x, c->w, c->b, c->N, c->C, 1e-5f);
     else
-        OPS->rmsnorm_forward(c->out, c->rstd, c->x, c->w, c->N, c->C, 1e-5f);
+        OPS->rmsnorm_forward(OPS, c->out, c->rstd, c->x, c->w, c->N, c->C, 1e-5f);
     return dot_d(c->g, c->out, (long)c->N * c->C);
 }
 
@@ -291,9 +291,9 @@ static void run_norm(int layer, int N, int C, long maxn) {
     }
     float *dx = zeros(n), *dw = zeros(C), *db = zeros(C);
     if (layer)
-        OPS->layernorm_backward(dx, dw, db, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+        OPS->layernorm_backward(OPS, dx, dw, db, c.g, c.x, c.w, c.mean, c.rstd, N, C);
     else
-        OPS->rmsnorm_backward(dx, dw, c.g, c.x, c.w, c.rstd, N, C);
+        OPS->rmsnorm_backward(OPS, dx, dw, c.g, c.x, c.w, c.rstd, N, C);
     fd_check(layer ? "layernorm dx" : "rmsnorm dx", c.x, n, dx, norm_loss, &c, maxn);
     fd_check(layer ? "layernorm dw" : "rmsnorm dw", c.w, C, dw, norm_loss, &c, maxn);
     if (layer) fd_check("layernorm db", c.b, C, db, norm_loss, &c, maxn);
@@ -303,12 +303,12 @@ static void run_norm(int layer, int N, int C, long maxn) {
     float *bx = randn(&r, n, 1.0f), *bw = randn(&r, C, 1.0f), *bb = randn(&r, C, 1.0f);
     float *ax = dup_f(bx, n), *aw = dup_f(bw, C), *ab = dup_f(bb, C);
     if (layer) {
-        OPS->layernorm_backward(ax, NULL, NULL, c.g, c.x, c.w, c.mean, c.rstd, N, C);
-        OPS->layernorm_backward(NULL, aw, NULL, c.g, c.x, c.w, c.mean, c.rstd, N, C);
-        OPS->layernorm_backward(NULL, NULL, ab, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+        OPS->layernorm_backward(OPS, ax, NULL, NULL, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+        OPS->layernorm_backward(OPS, NULL, aw, NULL, c.g, c.x, c.w, c.mean, c.rstd, N, C);
+        OPS->layernorm_backward(OPS, NULL, NULL, ab, c.g, c.x, c.w, c.mean, c.rstd, N, C);
     } else {
-        OPS->rmsnorm_backward(ax, NULL, c.g, c.x, c.w, c.rstd, N, C);
-        OPS->rmsnorm_backward(NULL, aw, c.g, c.x, c.w, c.rstd, N, C);
+        OPS->rmsnorm_backward(OPS, ax, NULL, c.g, c.x, c.w, c.rstd, N, C);
+        OPS->rmsnorm_backward(OPS, NULL, aw, c.g, c.x, c.w, c.rstd, N, C);
     }
     for (long i = 0; i < n; i++) assert_true(fabsf(ax[i] - (bx[i] + dx[i])) < 1e-4f);
     for (int i = 0; i < C; i++) assert_true(fabsf(aw[i] - (bw[i] + dw[i])) < 1e-4f);
@@ -337,7 +337,7 @@ typedef struct {
 } rope_ctx;
 static double rope_loss(void *p) {
     rope_ctx *c = p;
-    OPS->rope_forward(c->out, c->x, c->ld, c->B, c->T, c->H, c->hd, c->pos0, c->cos, c->sin,
+    OPS->rope_forward(OPS, c->out, c->x, c->ld, c->B, c->T, c->H, c->hd, c->pos0, c->cos, c->sin,
                       c->style);
     /* only the (B,T,H*hd) columns are outputs; padding of out is never written */
     double s = 0.0;
@@ -373,13 +373,13 @@ static void test_rope_grad(void **state) {
         rope_ctx c = {randn(&r, n, 1.0f), randn(&r, n, 1.0f), zeros(n), cs, sn, ld, B, T, H, hd,
                       pos0, (lg_rope_style)st};
         float *dx = zeros(n);
-        OPS->rope_backward(dx, c.g, ld, B, T, H, hd, pos0, cs, sn, c.style);
+        OPS->rope_backward(OPS, dx, c.g, ld, B, T, H, hd, pos0, cs, sn, c.style);
         for (int bt = 0; bt < B * T; bt++) /* padding columns are not touched */
             for (int j = H * hd; j < ld; j++) assert_true(dx[(long)bt * ld + j] == 0.0f);
         fd_check(st ? "rope interleaved" : "rope half", c.x, n, dx, rope_loss, &c, 1000);
         /* accumulates */
         float *base = randn(&r, n, 1.0f), *acc = dup_f(base, n);
-        OPS->rope_backward(acc, c.g, ld, B, T, H, hd, pos0, cs, sn, c.style);
+        OPS->rope_backward(OPS, acc, c.g, ld, B, T, H, hd, pos0, cs, sn, c.style);
         for (long i = 0; i < n; i++) assert_true(fabsf(acc[i] - (base[i] + dx[i])) < 1e-5f);
         free(c.x), free(c.g), free(c.out), free(dx), free(base), free(acc);
     }
@@ -399,9 +399,9 @@ static void test_rope_properties(void **state) {
     for (int st = 0; st < 2; st++) {
         lg_rope_style style = (lg_rope_style)st;
         float *x = randn(&r, n, 1.0f), *y = zeros(n), *z = dup_f(x, n);
-        OPS->rope_forward(y, x, ld, B, 1, H, hd, 0, cs, sn, style); /* B rows at position 0 */
+        OPS->rope_forward(OPS, y, x, ld, B, 1, H, hd, 0, cs, sn, style); /* B rows at position 0 */
         assert_memory_equal(y, x, (size_t)B * ld * sizeof(float));
-        OPS->rope_forward(y, x, ld, B, T, H, hd, 40, cs, sn, style);
+        OPS->rope_forward(OPS, y, x, ld, B, T, H, hd, 40, cs, sn, style);
         for (int bt = 0; bt < B * T; bt++)
             for (int h = 0; h < H; h++) {
                 const float *a = x + (long)bt * ld + h * hd, *b = y + (long)bt * ld + h * hd;
@@ -409,12 +409,12 @@ static void test_rope_properties(void **state) {
                 assert_true(fabs(na - nb) < 1e-5 * na);
                 assert_true(max_abs_diff(a, b, hd) > 1e-3); /* it did rotate something */
             }
-        OPS->rope_forward(z, z, ld, B, T, H, hd, 40, cs, sn, style);
+        OPS->rope_forward(OPS, z, z, ld, B, T, H, hd, 40, cs, sn, style);
         assert_memory_equal(z, y, (size_t)n * sizeof(float));
         /* token t of a sequence at pos0 = 40 == a one-token sequence at pos0 = 40 + t */
         for (int t = 0; t < T; t++) {
             float one[32];
-            OPS->rope_forward(one, x + (long)t * ld, ld, 1, 1, H, hd, 40 + t, cs, sn, style);
+            OPS->rope_forward(OPS, one, x + (long)t * ld, ld, 1, 1, H, hd, 40 + t, cs, sn, style);
             assert_memory_equal(one, y + (long)t * ld, (size_t)ld * sizeof(float));
         }
         free(x), free(y), free(z);
@@ -443,8 +443,8 @@ static void test_rope_half_vs_interleaved(void **state) {
                 dst[j + half] = src[2 * j + 1];
             }
         }
-    OPS->rope_forward(yi, x, ld, B, T, H, hd, 0, cs, sn, LG_ROPE_INTERLEAVED);
-    OPS->rope_forward(yh, px, ld, B, T, H, hd, 0, cs, sn, LG_ROPE_HALF);
+    OPS->rope_forward(OPS, yi, x, ld, B, T, H, hd, 0, cs, sn, LG_ROPE_INTERLEAVED);
+    OPS->rope_forward(OPS, yh, px, ld, B, T, H, hd, 0, cs, sn, LG_ROPE_HALF);
     for (int bt = 0; bt < B * T; bt++)
         for (int h = 0; h < H; h++) {
             const float *a = yi + (long)bt * ld + h * hd, *b = yh + (long)bt * ld + h * hd;
@@ -495,7 +495,7 @@ static void att_free(att_ctx *c) {
     free(c->qbuf), free(c->kbuf), free(c->vbuf), free(c->g), free(c->out), free(c->probs);
 }
 static void att_forward(att_ctx *c) {
-    OPS->attention_forward(c->out, c->probs, c->q, c->ldq, c->k, c->ldk, c->v, c->ldv, c->B,
+    OPS->attention_forward(OPS, c->out, c->probs, c->q, c->ldq, c->k, c->ldk, c->v, c->ldv, c->B,
                            c->T, c->H, c->KV, c->hd);
 }
 static double att_loss(void *p) {
@@ -615,7 +615,7 @@ static void check_att_grad(int B, int T, int H, int KV, int hd, int fused, int p
     float *gq, *gk, *gv, *dq, *dk, *dv;
     att_grads(&c, &gq, &gk, &gv, &dq, &dk, &dv);
     att_forward(&c);
-    OPS->attention_backward(dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B, T,
+    OPS->attention_backward(OPS, dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B, T,
                             H, KV, hd);
     if (fused) {
         fd_check("attention dqkv (fused)", c.qbuf, c.nq, gq, att_loss, &c, maxn);
@@ -662,13 +662,13 @@ static void test_attention_backward_accum_null(void **state) {
         att_forward(&c);
         float *gq, *gk, *gv, *dq, *dk, *dv;
         att_grads(&c, &gq, &gk, &gv, &dq, &dk, &dv);
-        OPS->attention_backward(dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B,
+        OPS->attention_backward(OPS, dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B,
                                 T, H, KV, hd);
         float *bq = randn(&r, c.nq, 1.0f), *bk = randn(&r, c.nk, 1.0f);
         float *bv = randn(&r, c.nv, 1.0f);
         float *aq = dup_f(bq, c.nq), *ak = dup_f(bk, c.nk), *av = dup_f(bv, c.nv);
 #define ATT_BWD(a, b, d)                                                                       \
-    OPS->attention_backward(a, b, d, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B, T, H,  \
+    OPS->attention_backward(OPS, a, b, d, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B, T, H,  \
                             KV, hd)
         ATT_BWD(aq, NULL, NULL);
         ATT_BWD(NULL, ak, NULL);
@@ -693,9 +693,9 @@ typedef struct {
 static double act_loss(void *p) {
     act_ctx *c = p;
     if (c->gelu)
-        OPS->gelu_forward(c->out, c->a, c->n);
+        OPS->gelu_forward(OPS, c->out, c->a, c->n);
     else
-        OPS->swiglu_forward(c->out, c->a, c->b, c->n);
+        OPS->swiglu_forward(OPS, c->out, c->a, c->b, c->n);
     return dot_d(c->g, c->out, c->n);
 }
 
@@ -714,10 +714,10 @@ static void run_act(int gelu, long n, long maxn) {
     }
     float *da = zeros(n), *db = zeros(n);
     if (gelu) {
-        OPS->gelu_backward(da, c.g, c.a, n);
+        OPS->gelu_backward(OPS, da, c.g, c.a, n);
         fd_check("gelu", c.a, n, da, act_loss, &c, maxn);
     } else {
-        OPS->swiglu_backward(da, db, c.g, c.a, c.b, n);
+        OPS->swiglu_backward(OPS, da, db, c.g, c.a, c.b, n);
         fd_check("swiglu dgate", c.a, n, da, act_loss, &c, maxn);
         fd_check("swiglu dup", c.b, n, db, act_loss, &c, maxn);
     }
@@ -725,10 +725,10 @@ static void run_act(int gelu, long n, long maxn) {
     float *ba = randn(&r, n, 1.0f), *bb = randn(&r, n, 1.0f);
     float *aa = dup_f(ba, n), *ab = dup_f(bb, n);
     if (gelu) {
-        OPS->gelu_backward(aa, c.g, c.a, n);
+        OPS->gelu_backward(OPS, aa, c.g, c.a, n);
     } else {
-        OPS->swiglu_backward(aa, NULL, c.g, c.a, c.b, n);
-        OPS->swiglu_backward(NULL, ab, c.g, c.a, c.b, n);
+        OPS->swiglu_backward(OPS, aa, NULL, c.g, c.a, c.b, n);
+        OPS->swiglu_backward(OPS, NULL, ab, c.g, c.a, c.b, n);
         for (long i = 0; i < n; i++) assert_true(fabsf(ab[i] - (bb[i] + db[i])) < 1e-5f);
     }
     for (long i = 0; i < n; i++) assert_true(fabsf(aa[i] - (ba[i] + da[i])) < 1e-5f);
@@ -740,7 +740,7 @@ static void test_swiglu(void **state) {
     run_act(0, 50, 1000);
     run_act(0, 40000, 200); /* threaded */
     float g[4] = {-200.0f, -90.0f, 90.0f, 0.0f}, u[4] = {1, 1, 1, 1}, o[4];
-    OPS->swiglu_forward(o, g, u, 4); /* saturated sigmoid stays finite */
+    OPS->swiglu_forward(OPS, o, g, u, 4); /* saturated sigmoid stays finite */
     assert_true(all_finite(o, 4) && fabsf(o[0]) < 1e-30f && o[2] == 90.0f && o[3] == 0.0f);
 }
 static void test_gelu(void **state) {
@@ -749,7 +749,7 @@ static void test_gelu(void **state) {
     run_act(1, 40000, 200);
     float x[5] = {0.0f, 10.0f, -10.0f, 1.0f, 1e4f}, y[5];
     memcpy(y, x, sizeof x);
-    OPS->gelu_forward(y, y, 5); /* in place */
+    OPS->gelu_forward(OPS, y, y, 5); /* in place */
     assert_true(y[0] == 0.0f && fabsf(y[1] - 10.0f) < 1e-5f && fabsf(y[2]) < 1e-5f);
     assert_true(fabsf(y[3] - 0.8411920f) < 1e-6f && y[4] == 1e4f);
 }
@@ -765,7 +765,7 @@ typedef struct {
 static double ce_loss(void *p) {
     ce_ctx *c = p;
     memcpy(c->scratch, c->logits, (size_t)c->N * c->V * sizeof(float));
-    return c->dscale * OPS->cross_entropy(c->scratch, c->tg, c->w, c->N, c->V, c->dscale, 0);
+    return c->dscale * OPS->cross_entropy(OPS, c->scratch, c->tg, c->w, c->N, c->V, c->dscale, 0);
 }
 
 static void run_ce(int N, int V, long maxn) {
@@ -787,17 +787,17 @@ static void run_ce(int N, int V, long maxn) {
         want += c.w[i] * (log(s) - c.logits[(long)i * V + c.tg[i]]);
     }
     memcpy(c.scratch, c.logits, (size_t)n * sizeof(float));
-    double got = OPS->cross_entropy(c.scratch, c.tg, c.w, N, V, c.dscale, 0);
+    double got = OPS->cross_entropy(OPS, c.scratch, c.tg, c.w, N, V, c.dscale, 0);
     assert_true(fabs(got - want) < 1e-5 * fabs(want));
     float *grad = dup_f(c.logits, n);
-    double got2 = OPS->cross_entropy(grad, c.tg, c.w, N, V, c.dscale, 1);
+    double got2 = OPS->cross_entropy(OPS, grad, c.tg, c.w, N, V, c.dscale, 1);
     assert_true(got2 == got); /* want_grad does not change the value */
     /* the loss does not depend on the thread count (no OpenMP reduction order) */
     int nthr = omp_get_max_threads();
     for (int t = 1; t <= 5; t += 2) {
         omp_set_num_threads(t);
         memcpy(c.scratch, c.logits, (size_t)n * sizeof(float));
-        assert_true(OPS->cross_entropy(c.scratch, c.tg, c.w, N, V, c.dscale, 0) == got);
+        assert_true(OPS->cross_entropy(OPS, c.scratch, c.tg, c.w, N, V, c.dscale, 0) == got);
     }
     omp_set_num_threads(nthr);
     for (int i = 0; i < N; i++)
@@ -821,7 +821,7 @@ static void test_cross_entropy_huge_logits(void **state) {
                    1e4f, 1e4f, -1e4f, -1e4f}; /* target 1: nll log 2 */
     int tg[3] = {0, 1, 1};
     float w[3] = {1, 1, 1};
-    double loss = OPS->cross_entropy(l, tg, w, N, V, 1.0f, 1);
+    double loss = OPS->cross_entropy(OPS, l, tg, w, N, V, 1.0f, 1);
     assert_true(isfinite(loss));
     assert_true(fabs(loss - (2e4 + log(2.0))) < 1e-3);
     assert_true(all_finite(l, N * V));
@@ -837,7 +837,7 @@ static void test_axpy(void **state) {
     for (int k = 0; k < 2; k++) {
         long n = ns[k];
         float *x = randn(&r, n, 1.0f), *y = randn(&r, n, 1.0f), *y0 = dup_f(y, n);
-        OPS->axpy(n, -0.25f, x, y);
+        OPS->axpy(OPS, n, -0.25f, x, y);
         for (long i = 0; i < n; i++) assert_true(fabsf(y[i] - (y0[i] - 0.25f * x[i])) < 1e-6f);
         free(x), free(y), free(y0);
     }
@@ -853,7 +853,8 @@ static void test_table(void **state) {
                 o->layernorm_backward && o->rope_forward && o->rope_backward &&
                 o->attention_forward && o->attention_backward && o->swiglu_forward &&
                 o->swiglu_backward && o->gelu_forward && o->gelu_backward && o->cross_entropy &&
-                o->axpy);
+                o->axpy && o->dgemm && o->orthonormalize && o->svd && o->lstsq && o->attention_decode &&
+                o->alloc && o->free && o->release_packed);
 }
 
 /* The vectorised exp clamps its argument, but a NaN must not be clamped into a number: a NaN
@@ -868,25 +869,277 @@ static void test_nan_propagates(void **state) {
     lg_rng_seed(&r, 3);
     for (int i = 0; i < B * T * H * HD; i++) q[i] = lg_rng_normal(&r);
     for (int i = 0; i < B * T * KV * HD; i++) k[i] = 30.0f * lg_rng_normal(&r), v[i] = lg_rng_normal(&r);
-    ops->attention_forward(out, probs, q, H * HD, k, KV * HD, v, KV * HD, B, T, H, KV, HD);
+    ops->attention_forward(ops, out, probs, q, H * HD, k, KV * HD, v, KV * HD, B, T, H, KV, HD);
     for (int t = 0; t < T; t++) { /* large scores: finite, rows sum to 1 */
         double sum = 0;
         for (int s2 = 0; s2 <= t; s2++) sum += probs[t * T + s2];
         assert_true(fabs(sum - 1.0) < 1e-5);
     }
     q[(T - 1) * H * HD] = NAN; /* the last query row of head 0 */
-    ops->attention_forward(out, probs, q, H * HD, k, KV * HD, v, KV * HD, B, T, H, KV, HD);
+    ops->attention_forward(ops, out, probs, q, H * HD, k, KV * HD, v, KV * HD, B, T, H, KV, HD);
     assert_true(isnan(out[(T - 1) * H * HD]));
     assert_false(isnan(out[(T - 2) * H * HD])); /* other rows untouched */
     float logits[2 * 8] = {0}, w[2] = {1, 1};
     int tg[2] = {1, 2};
     logits[3] = NAN;
-    assert_true(isnan(ops->cross_entropy(logits, tg, w, 2, 8, 1.0f, 0)));
+    assert_true(isnan(ops->cross_entropy(ops, logits, tg, w, 2, 8, 1.0f, 0)));
     float gate[3] = {1.0f, NAN, -100.0f}, up[3] = {1, 1, 1}, o3[3];
-    ops->swiglu_forward(o3, gate, up, 3);
+    ops->swiglu_forward(ops, o3, gate, up, 3);
     assert_false(isnan(o3[0]));
     assert_true(isnan(o3[1]));
     assert_true(fabs(o3[2]) < 1e-30);
+}
+
+/* ---- the backend: libraries, precisions, packing, decoding, dense algebra ------------------- */
+
+/* C (M x N) = alpha op(A) op(B) + beta C in double, the reference for every GEMM path. */
+static void gemm_ref(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                     float beta, const float *C0, float *C, int ldc) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++)
+                s += (double)(ta ? A[(long)k * lda + i] : A[(long)i * lda + k]) *
+                     (tb ? B[(long)j * ldb + k] : B[(long)k * ldb + j]);
+            C[(long)i * ldc + j] = (float)(alpha * s + beta * C0[(long)i * ldc + j]);
+        }
+}
+
+/* A backend made with an environment setting (read when the backend is created). */
+static lg_ops *ops_with(const char *var, const char *val, lg_precision p) {
+    setenv(var, val, 1);
+    lg_ops *o;
+    assert_int_equal(lg_ops_create(p, &o), 0);
+    unsetenv(var);
+    return o;
+}
+
+/* Both float32 GEMM libraries (oneDNN with its primitive cache, OpenBLAS with its split for skinny
+ * shapes) against double: every transpose, strided operands, alpha, beta 0/1/other, skinny and
+ * single-row shapes, and the same problem again with other data (a cached primitive); oneDNN also
+ * with alpha baked into the primitives (its fallback where runtime scales are not implemented). */
+static void test_gemm_libraries(void **state) {
+    (void)state;
+    const char *libs[3] = {"openblas", "onednn", "onednn"};
+    const int shapes[][3] = {{5, 7, 3}, {64, 48, 8}, {300, 2, 50}, {1, 17, 9}, {256, 172, 64}, {40, 8, 300}};
+    lg_rng r;
+    lg_rng_seed(&r, 77);
+    for (int li = 0; li < 3; li++) {
+        if (li == 2) setenv("LORAGA_ONEDNN_SCALES", "baked", 1);
+        lg_ops *o = ops_with("LORAGA_GEMM", libs[li], LG_PREC_FP32);
+        unsetenv("LORAGA_ONEDNN_SCALES");
+        double worst = 0;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+            for (int ta = 0; ta < 2; ta++)
+                for (int tb = 0; tb < 2; tb++)
+                    for (int bi = 0; bi < 3; bi++)
+                        for (int again = 0; again < 2; again++) {
+                            const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+                            const float alpha = again ? 0.75f : 1.0f, beta = bi == 0 ? 0.0f : bi == 1 ? 1.0f : -0.5f;
+                            const int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                            float *A = randn(&r, (long)(ta ? K : M) * lda, 1.0f), *B = randn(&r, (long)(tb ? N : K) * ldb, 1.0f);
+                            float *C = randn(&r, (long)M * ldc, 1.0f), *C0 = dup_f(C, (long)M * ldc), *R = dup_f(C, (long)M * ldc);
+                            o->gemm(o, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                            gemm_ref(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C0, R, ldc);
+                            for (int i = 0; i < M; i++) /* the padding between rows is not touched */
+                                for (int j = 0; j < ldc; j++) {
+                                    const long e = (long)i * ldc + j;
+                                    if (j >= N) assert_true(C[e] == C0[e]);
+                                    else worst = fmax(worst, fabs(C[e] - R[e]) / (1.0 + sqrt((double)K)));
+                                }
+                            free(A), free(B), free(C), free(C0), free(R);
+                        }
+        print_message("%s%s: worst |C - ref| / (1 + sqrt K) = %.2e\n", libs[li], li == 2 ? " (baked scales)" : "",
+                      worst);
+        assert_true(worst < 1e-5);
+        lg_ops_free(o);
+    }
+}
+
+/* bf16 rounding: the vectorised kernels equal the scalar reference (round to nearest even, ties
+ * included, NaN kept NaN, infinities kept). */
+static void test_bf16_rounding(void **state) {
+    (void)state;
+    enum { N = 4096 };
+    float x[N], back[N];
+    uint16_t h[N];
+    lg_rng r;
+    lg_rng_seed(&r, 5);
+    for (int i = 0; i < N; i++) x[i] = lg_rng_normal(&r) * powf(2.0f, (float)(i % 60) - 30.0f);
+    const uint32_t ties[4] = {0x3f808000u, 0x3f818000u, 0x7f7fffffu, 0x00018000u}; /* even/odd ties, max, subnormal */
+    for (int i = 0; i < 4; i++) memcpy(&x[i], &ties[i], 4);
+    x[4] = NAN, x[5] = INFINITY, x[6] = -INFINITY, x[7] = -0.0f;
+    lg_round_bf16(h, x, N);
+    lg_round_bf16_f32(back, x, N);
+    for (int i = 0; i < N; i++) {
+        if (isnan(x[i])) {
+            assert_true(isnan(lg_bf16_to_f32(h[i])) && isnan(back[i]));
+            continue;
+        }
+        assert_int_equal(h[i], lg_f32_to_bf16(x[i]));
+        assert_true(back[i] == lg_bf16_to_f32(h[i]));
+    }
+}
+
+/* The linear layers in bf16 precision (native where the CPU has bf16 units, emulated otherwise)
+ * compute exactly the float32 products of the bf16-rounded inputs (up to summation order), for a
+ * weight stored as float32 (full fine-tuning) or as bf16 (a frozen base), and are measurably not
+ * the unrounded float32 result. */
+static void test_linear_bf16(void **state) {
+    (void)state;
+    lg_ops *o;
+    assert_int_equal(lg_ops_create(LG_PREC_BF16, &o), 0);
+    assert_int_equal(o->precision, LG_PREC_BF16);
+    print_message("bf16 backend: %s\n", lg_ops_describe(o));
+    const int N = 70, in = 96, out = 80;
+    lg_rng r;
+    lg_rng_seed(&r, 12);
+    float *x = randn(&r, (long)N * in, 1.0f), *W = randn(&r, (long)out * in, 0.2f), *b = randn(&r, out, 1.0f);
+    float *dy = randn(&r, (long)N * out, 1.0f);
+    float *xr = zeros((long)N * in), *Wr = zeros((long)out * in), *dyr = zeros((long)N * out);
+    uint16_t *W16 = lg_malloc((size_t)out * in * 2);
+    lg_round_bf16_f32(xr, x, (long)N * in);
+    lg_round_bf16_f32(Wr, W, (long)out * in);
+    lg_round_bf16_f32(dyr, dy, (long)N * out);
+    lg_round_bf16(W16, W, (long)out * in);
+    float *y = zeros((long)N * out), *yref = zeros((long)N * out), *yfp = zeros((long)N * out);
+    float *dx = zeros((long)N * in), *dxref = zeros((long)N * in), *dW = zeros((long)out * in), *dWref = zeros((long)out * in);
+    float *db = zeros(out), *dbref = zeros(out);
+    for (int s = 0; s < 2; s++) { /* float32 storage, then bf16 storage */
+        const lg_weight w = s ? (lg_weight){NULL, W16, NULL} : lg_weight_f32(W);
+        o->linear_forward(o, y, x, w, b, N, in, out);
+        gemm_ref(0, 1, N, out, in, 1.0f, xr, in, Wr, in, 0.0f, yref, yref, out);
+        gemm_ref(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, yfp, yfp, out);
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < out; k++) yref[i * out + k] += b[k], yfp[i * out + k] += b[k];
+        const double err = max_abs_diff(y, yref, (long)N * out), off = max_abs_diff(y, yfp, (long)N * out);
+        print_message("storage %s: |y - bf16 ref| %.2e, |y - fp32| %.2e\n", s ? "bf16" : "f32", err, off);
+        assert_true(err < 2e-5 * sqrt((double)in));
+        assert_true(off > 1e-3); /* the rounding really happened */
+        /* backward, accumulating on top of a start value, scale 0.5 */
+        for (long i = 0; i < (long)N * in; i++) dx[i] = dxref[i] = 1.0f;
+        for (long i = 0; i < (long)out * in; i++) dW[i] = dWref[i] = -1.0f;
+        for (int k = 0; k < out; k++) db[k] = dbref[k] = 2.0f;
+        o->linear_backward(o, dx, s ? NULL : dW, db, dy, x, w, N, in, out, 0.5f);
+        gemm_ref(0, 0, N, in, out, 0.5f, dyr, out, Wr, in, 1.0f, dxref, dxref, in);
+        gemm_ref(1, 0, out, in, N, 0.5f, dyr, out, xr, in, 1.0f, dWref, dWref, in);
+        for (int k = 0; k < out; k++) { /* the bias gradient is a float32 sum of the unrounded dy */
+            double acc = 0;
+            for (int i = 0; i < N; i++) acc += dy[i * out + k];
+            dbref[k] = (float)(dbref[k] + 0.5 * acc);
+        }
+        assert_true(max_abs_diff(dx, dxref, (long)N * in) < 2e-5 * sqrt((double)out));
+        if (!s) assert_true(max_abs_diff(dW, dWref, (long)out * in) < 2e-5 * sqrt((double)N));
+        else
+            for (long i = 0; i < (long)out * in; i++) assert_true(dW[i] == -1.0f); /* NULL: untouched */
+        assert_true(max_abs_diff(db, dbref, out) < 1e-4);
+    }
+    free(x), free(W), free(b), free(dy), free(xr), free(Wr), free(dyr), free(W16), free(y), free(yref), free(yfp);
+    free(dx), free(dxref), free(dW), free(dWref), free(db), free(dbref);
+    lg_ops_free(o);
+}
+
+/* A prepacked weight (LORAGA_PACK=1 packs float32 weights too, so the path runs on any CPU) gives
+ * the unpacked result, for the row count it was packed for and for others; a slot that could not
+ * be packed is remembered and releases cleanly. */
+static void test_packed_weights(void **state) {
+    (void)state;
+    lg_ops *o = ops_with("LORAGA_PACK", "1", LG_PREC_FP32);
+    const int in = 64, out = 96;
+    lg_rng r;
+    lg_rng_seed(&r, 3);
+    float *W = randn(&r, (long)out * in, 0.3f), *b = randn(&r, out, 1.0f);
+    void *slot = NULL;
+    const int rows[3] = {32, 1, 77};
+    for (int k = 0; k < 3; k++) {
+        const int N = rows[k];
+        float *x = randn(&r, (long)N * in, 1.0f), *y = zeros((long)N * out), *y2 = zeros((long)N * out);
+        o->linear_forward(o, y, x, (lg_weight){W, NULL, &slot}, b, N, in, out);
+        o->linear_forward(o, y2, x, lg_weight_f32(W), b, N, in, out);
+        assert_non_null(slot);
+        assert_true(max_abs_diff(y, y2, (long)N * out) < 1e-5);
+        free(x), free(y), free(y2);
+    }
+    o->release_packed(o, slot);
+    free(W), free(b);
+    lg_ops_free(o);
+}
+
+/* Decoding over a key/value cache: queries fed in pieces (pos0 > 0) see exactly the keys the
+ * training kernel's causal block shows them. */
+static void test_attention_decode(void **state) {
+    (void)state;
+    const int T = 37, H = 4, KV = 2, hd = 16, qd = H * hd, kvd = KV * hd;
+    lg_rng r;
+    lg_rng_seed(&r, 8);
+    float *q = randn(&r, (long)T * qd, 1.0f), *k = randn(&r, (long)T * kvd, 1.0f), *v = randn(&r, (long)T * kvd, 1.0f);
+    float *probs = zeros((long)H * T * T), *ref = zeros((long)T * qd), *got = zeros((long)T * qd);
+    OPS->attention_forward(OPS, ref, probs, q, qd, k, kvd, v, kvd, 1, T, H, KV, hd);
+    const int cuts[4] = {0, 1, 20, T}; /* pieces of 1, 19 and 17 positions */
+    for (int c = 0; c < 3; c++) {
+        const int p0 = cuts[c], n = cuts[c + 1] - cuts[c];
+        OPS->attention_decode(OPS, got + (long)p0 * qd, q + (long)p0 * qd, qd, k, v, kvd, n, p0, H, KV, hd);
+    }
+    const double d = max_abs_diff(got, ref, (long)T * qd);
+    print_message("decode vs training attention: max |diff| %.2e\n", d);
+    assert_true(d < 1e-5);
+    free(q), free(k), free(v), free(probs), free(ref), free(got);
+}
+
+/* QR, SVD and least squares through the interface: Q^T Q = I with X in span(Q), U S V^T = X, and
+ * an overdetermined consistent system solved exactly. */
+static void test_dense_algebra(void **state) {
+    (void)state;
+    const int m = 30, n = 7;
+    lg_rng r;
+    lg_rng_seed(&r, 21);
+    double *X = lg_malloc((size_t)m * n * 8), *Q = lg_malloc((size_t)m * n * 8), *S = lg_malloc((size_t)n * 8);
+    double *U = lg_malloc((size_t)m * n * 8), *Vt = lg_malloc((size_t)n * n * 8), *Y = lg_malloc((size_t)m * n * 8);
+    for (int i = 0; i < m * n; i++) X[i] = Q[i] = Y[i] = lg_rng_normal(&r);
+    assert_int_equal(OPS->orthonormalize(OPS, m, n, Q), 0);
+    double *QtQ = lg_malloc((size_t)n * n * 8), *QtX = lg_malloc((size_t)n * n * 8), *R = lg_malloc((size_t)m * n * 8);
+    OPS->dgemm(OPS, 1, 0, n, n, m, 1.0, Q, n, Q, n, 0.0, QtQ, n);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) assert_true(fabs(QtQ[i * n + j] - (i == j)) < 1e-12);
+    OPS->dgemm(OPS, 1, 0, n, n, m, 1.0, Q, n, X, n, 0.0, QtX, n);
+    OPS->dgemm(OPS, 0, 0, m, n, n, 1.0, Q, n, QtX, n, 0.0, R, n); /* Q Q^T X = X */
+    for (int i = 0; i < m * n; i++) assert_true(fabs(R[i] - X[i]) < 1e-10);
+    assert_int_equal(OPS->svd(OPS, m, n, Y, S, U, Vt), 0);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0;
+            for (int t = 0; t < n; t++) s += U[i * n + t] * S[t] * Vt[t * n + j];
+            assert_true(fabs(s - X[i * n + j]) < 1e-10);
+        }
+    for (int t = 1; t < n; t++) assert_true(S[t] <= S[t - 1]);
+    /* A (m x n) Z = B with B = A Z0: least squares returns Z0 */
+    double Z0[7 * 2], *A = lg_malloc((size_t)m * n * 8), *B = lg_malloc((size_t)m * 2 * 8);
+    for (int i = 0; i < n * 2; i++) Z0[i] = lg_rng_normal(&r);
+    memcpy(A, X, (size_t)m * n * 8);
+    OPS->dgemm(OPS, 0, 0, m, 2, n, 1.0, X, n, Z0, 2, 0.0, B, 2);
+    assert_int_equal(OPS->lstsq(OPS, m, n, 2, A, B), 0);
+    for (int i = 0; i < n * 2; i++) assert_true(fabs(B[i] - Z0[i]) < 1e-10);
+    free(X), free(Q), free(S), free(U), free(Vt), free(Y), free(QtQ), free(QtX), free(R), free(A), free(B);
+}
+
+/* Precision names and the AUTO rule ($LORAGA_PRECISION, else the CPU). */
+static void test_precision_resolve(void **state) {
+    (void)state;
+    lg_precision p;
+    assert_int_equal(lg_precision_parse("bfloat16", &p), 0);
+    assert_int_equal(p, LG_PREC_BF16);
+    assert_int_equal(lg_precision_parse("fp32", &p), 0);
+    assert_int_equal(p, LG_PREC_FP32);
+    assert_int_equal(lg_precision_parse("fp16", &p), -1);
+    assert_non_null(strstr(lg_last_error(), "fp16"));
+    setenv("LORAGA_PRECISION", "bf16", 1);
+    assert_int_equal(lg_precision_resolve(LG_PREC_AUTO), LG_PREC_BF16);
+    setenv("LORAGA_PRECISION", "fp32", 1);
+    assert_int_equal(lg_precision_resolve(LG_PREC_AUTO), LG_PREC_FP32);
+    unsetenv("LORAGA_PRECISION");
+    assert_int_equal(lg_precision_resolve(LG_PREC_AUTO), lg_bf16_native() ? LG_PREC_BF16 : LG_PREC_FP32);
+    assert_int_equal(lg_precision_resolve(LG_PREC_FP32), LG_PREC_FP32);
+    print_message("this CPU: bf16 %s\n", lg_bf16_native() ? "native" : "emulated");
 }
 
 int main(void) {
@@ -918,6 +1171,13 @@ int main(void) {
         cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_cross_entropy_huge_logits),
         cmocka_unit_test(test_axpy),
+        cmocka_unit_test(test_gemm_libraries),
+        cmocka_unit_test(test_bf16_rounding),
+        cmocka_unit_test(test_linear_bf16),
+        cmocka_unit_test(test_packed_weights),
+        cmocka_unit_test(test_attention_decode),
+        cmocka_unit_test(test_dense_algebra),
+        cmocka_unit_test(test_precision_resolve),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -136,7 +136,7 @@ enum { MATCH = 0, MISMATCH = 1, REFUSED = 2 };
 static int compare_model(const char *name, int roundtrip) {
     char *dir = lg_path_join(golden(), name);
     lg_model *m;
-    if (lg_model_load(dir, &m) != 0) {
+    if (lg_model_load(dir, NULL, &m) != 0) {
         print_message("%-16s refused by lg_model_load: %s\n", name, lg_last_error());
         free(dir);
         return REFUSED;
@@ -161,7 +161,7 @@ static int compare_model(const char *name, int roundtrip) {
         assert_non_null(tmp);
         if (lg_model_save_hf(m, tmp, NULL) != 0) fail_msg("lg_model_save_hf: %s", lg_last_error());
         lg_model *m2;
-        if (lg_model_load(tmp, &m2) != 0) fail_msg("reload %s: %s", tmp, lg_last_error());
+        if (lg_model_load(tmp, NULL, &m2) != 0) fail_msg("reload %s: %s", tmp, lg_last_error());
         double worst2, loss2 = run(m2, &r, 0, &worst2);
         if (!(fabs(loss2 - loss) <= 1e-6 * fabs(loss) && worst2 <= LOGIT_TOL)) {
             print_message("%-16s after lg_model_save_hf + reload: loss %.7f, logits max err %.1e\n", name, loss2,
@@ -222,7 +222,7 @@ static void test_detects_mismatch(void **state) {
     (void)state;
     char *dir = lg_path_join(golden(), "llama_gqa");
     lg_model *m;
-    assert_int_equal(lg_model_load(dir, &m), 0);
+    assert_int_equal(lg_model_load(dir, NULL, &m), 0);
     reference r;
     read_reference(dir, lg_model_config(m)->vocab_size, &r);
     assert_true(passes(m, &r));

@@ -233,14 +233,14 @@ static void test_config_bounds_and_count(void **state) {
         if (v == 2) k.o_bias = k.mlp_bias = 1, k.hidden_dim = 40;
         if (v == 4) k.hidden_dim = 20;
         lg_model *m;
-        assert_int_equal(lg_model_create(&k, NULL, 1, &m), 0);
+        assert_int_equal(lg_model_create(&k, NULL, 1, NULL, &m), 0);
         assert_int_equal(lg_config_n_params(&k), lg_model_numel(m));
         lg_model_free(m);
     }
     /* a config next to weights that cannot hold it is refused before the model is allocated */
     char *dir = tpath("tiny"), *cfgp = tpath("tiny/config.json");
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 1, NULL, &m), 0);
     assert_int_equal(lg_model_save_hf(m, dir, "float32"), 0);
     lg_model_free(m);
     char *txt;
@@ -252,12 +252,12 @@ static void test_config_bounds_and_count(void **state) {
     put(cfgp, big);
     free(big);
     char *fixed = malloc(strlen(txt) + 32);
-    assert_int_equal(lg_model_load(dir, &m), -1);
+    assert_int_equal(lg_model_load(dir, NULL, &m), -1);
     assert_non_null(strstr(lg_last_error(), "do not belong together"));
     /* a repeated key is refused, whichever value came first */
     snprintf(fixed, strlen(txt) + 32, "{\"vocab_size\": 50,%s", txt + 1);
     put(cfgp, fixed);
-    assert_int_equal(lg_model_load(dir, &m), -1);
+    assert_int_equal(lg_model_load(dir, NULL, &m), -1);
     assert_non_null(strstr(lg_last_error(), "duplicate key \"vocab_size\""));
     free(fixed), free(txt), free(dir), free(cfgp);
 }
@@ -466,7 +466,7 @@ static void test_loraga_checks_and_zero_gradient(void **state) {
     lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 40, 2);
     int V = c.vocab_size;
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 3, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 3, NULL, &m), 0);
     lg_model_set_trainable(m, want_none, NULL);
     lg_lora_opts lo;
     lg_lora_opts_default(&lo);

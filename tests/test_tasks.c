@@ -171,7 +171,7 @@ static lg_model *bigram_machine(const int *next, int V, int max_seq) {
     c.rope_theta = 10000.0f;
     c.bos_id = 1, c.eos_id = 2;
     lg_model *m = NULL;
-    assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 1, NULL, &m), 0);
     for (int i = 0; i < lg_model_n_params(m); i++) {
         lg_param *p = lg_model_param(m, i);
         if (p->ndim == 2) memset(p->data, 0, (size_t)p->numel * sizeof(float));
@@ -311,7 +311,7 @@ static void test_stories260k_sst2_independent(void **state) {
     char *tokp = lg_test_shared("llama2c_stories260K/tok512.bin");
     lg_model *m = NULL;
     lg_tokenizer *t = NULL;
-    assert_int_equal(lg_model_load(bin, &m), 0);
+    assert_int_equal(lg_model_load(bin, NULL, &m), 0);
     assert_int_equal(lg_tokenizer_load(tokp, &t), 0);
     lg_task_set *s = NULL;
     assert_int_equal(lg_task_load(LG_TASK_SST2, dev, &s), 0);

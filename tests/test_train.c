@@ -166,7 +166,7 @@ static void test_grad_clip_in_loop(void **state) {
     (void)state;
     lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 29, 3);
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 1, NULL, &m), 0);
     lg_model_set_trainable(m, want_none, NULL);
     rows_src src;
     rows_init(&src, c.vocab_size, 5);
@@ -221,7 +221,7 @@ static void test_grad_accum_equals_big_batch(void **state) {
     int64_t total = 0;
     for (int run = 0; run < 2; run++) {
         lg_model *m;
-        assert_int_equal(lg_model_create(&c, NULL, 11, &m), 0);
+        assert_int_equal(lg_model_create(&c, NULL, 11, NULL, &m), 0);
         lg_model_set_trainable(m, NULL, NULL);
         int nt = lg_model_n_params(m);
         lg_opt_tensor *t = calloc((size_t)nt, sizeof *t);
@@ -272,7 +272,7 @@ typedef enum { RC_FULL, RC_LORA_DROPOUT, RC_DORA } rc_kind;
  * the planned activation bytes. */
 static float *grads_with(lg_config c, rc_kind k, int recompute, int64_t *n_out, int64_t *act_bytes, float *loss) {
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 21, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 21, NULL, &m), 0);
     lg_adapters *ad = NULL;
     if (k == RC_FULL) {
         lg_model_set_trainable(m, NULL, NULL);
@@ -378,7 +378,7 @@ static void test_recompute_memory(void **state) {
     lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 29, 3);
     c.n_layers = 12;
     lg_model *m;
-    assert_int_equal(lg_model_create(&c, NULL, 1, &m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 1, NULL, &m), 0);
     int64_t bytes[3];
     for (int mode = 0; mode < 3; mode++) {
         assert_int_equal(lg_model_plan(m, 4, 16, mode), 0);
@@ -412,7 +412,7 @@ typedef struct {
 static void run_setup(run *r, method k, int resume) {
     memset(r, 0, sizeof *r);
     lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, 29, 3);
-    assert_int_equal(lg_model_create(&c, NULL, 7, &r->m), 0);
+    assert_int_equal(lg_model_create(&c, NULL, 7, NULL, &r->m), 0);
     rows_init(&r->src, c.vocab_size, 3);
     snprintf(r->config, sizeof r->config, "{\"--method\": \"%s\", \"--rank\": 4}", METHOD_NAMES[k]);
     if (k == M_FULL) {

@@ -12,11 +12,8 @@
  * xd, dH and dys of lg_lora therefore stay NULL; the shared buffers live in the owner. */
 #include "adapters/lora.h"
 
-#include <cblas.h>
 #include <cjson/cJSON.h>
-#include <lapacke.h>
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +37,7 @@ typedef struct {
 
 struct lg_adapters {
     lg_model *m;
+    const lg_ops *ops; /* the model's backend: every product and buffer goes through it */
     lg_lora_opts o;
     char *targets;     /* owned copy behind o.targets */
     int n;
@@ -93,9 +91,9 @@ static void dropout_apply(float *dst, const float *src, long count, uint64_t see
     for (long i = 0; i < count; i++) dst[i] = dropped_at(key, i, thr) ? 0.0f : src[i] * keep_scale;
 }
 
-static void grow(float **p, size_t n) {
-    lg_aligned_free(*p);
-    *p = lg_aligned_alloc(n * sizeof(float));
+static void grow(const lg_ops *ops, float **p, size_t n) {
+    ops->free(ops, *p);
+    *p = ops->alloc(ops, n * sizeof(float));
 }
 
 /* Scratch for N rows: grows once to the largest N seen, so steady-state steps never allocate. */
@@ -103,15 +101,15 @@ static void ensure_scratch(lora_impl *im, int N) {
     lg_lora *a = &im->pub;
     lg_adapters *o = im->owner;
     if (N > a->cap_N) {
-        grow(&a->H, (size_t)N * a->r);
-        if (a->mag) grow(&a->base_out, (size_t)N * a->out);
+        grow(o->ops, &a->H, (size_t)N * a->r);
+        if (a->mag) grow(o->ops, &a->base_out, (size_t)N * a->out);
         a->cap_N = N;
     }
     if (N > o->cap_N) {
-        grow(&o->xs, (size_t)N * o->max_in);
-        grow(&o->gs, (size_t)N * o->max_r);
-        grow(&o->dgs, (size_t)N * o->max_r);
-        grow(&o->dys, (size_t)N * o->max_out);
+        grow(o->ops, &o->xs, (size_t)N * o->max_in);
+        grow(o->ops, &o->gs, (size_t)N * o->max_r);
+        grow(o->ops, &o->dgs, (size_t)N * o->max_r);
+        grow(o->ops, &o->dys, (size_t)N * o->max_out);
         o->cap_N = N;
     }
 }
@@ -120,10 +118,10 @@ static void ensure_scratch(lora_impl *im, int N) {
 static inline float e_eff(const lg_lora *a, int k) { return a->rank_mask[k] ? a->E[k] : 0.0f; }
 
 /* wn[o] = ||W_o + s (B A)_o|| over the input dimension (DoRA; PEFT's get_weight_norm). */
-static void dora_row_norms(const lg_lora *a, float *wfull, float *wn) {
+static void dora_row_norms(const lg_ops *ops, const lg_lora *a, float *wfull, float *wn) {
     const int m = a->out, n = a->in;
     lg_param_read_f32(a->lin->w, wfull); /* either storage (bf16 frozen base) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, a->r, a->scale, a->B, a->r, a->A, n, 1.0f, wfull, n);
+    ops->gemm(ops, 0, 0, m, n, a->r, a->scale, a->B, a->r, a->A, n, 1.0f, wfull, n);
 #pragma omp parallel for schedule(static) if ((long)m * n > 65536)
     for (int i = 0; i < m; i++) {
         double s = 0;
@@ -135,29 +133,6 @@ static void dora_row_norms(const lg_lora *a, float *wfull, float *wn) {
 
 /* ------------------------------------------------------------------------------------------ */
 /* the hook                                                                                   */
-
-/* The adapter GEMMs are skinny (one side is r): OpenBLAS's own threading of such shapes costs more
- * than it saves, so the threads split the output instead, each calling a single-threaded GEMM on
- * its slice (OpenBLAS runs single-threaded inside a parallel region). by_cols: split C's columns,
- * else its rows. Row-major, as cblas_sgemm; no slice overlaps another, so no reduction. */
-static void skinny_gemm(int by_cols, int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
-                        const float *B, int ldb, float beta, float *C, int ldc) {
-    const int span = by_cols ? N : M;
-    const int nt = (long)M * N * K >= 262144 ? LG_MIN(omp_get_max_threads(), LG_MAX(1, span / 16)) : 1;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        const int s0 = (int)((long)span * t / n), s1 = (int)((long)span * (t + 1) / n);
-        if (s1 > s0) {
-            if (by_cols)
-                cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, M, s1 - s0,
-                            K, alpha, A, lda, tB ? B + (long)s0 * ldb : B + s0, ldb, beta, C + s0, ldc);
-            else
-                cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, s1 - s0, N,
-                            K, alpha, tA ? A + s0 : A + (long)s0 * lda, lda, B, ldb, beta, C + (long)s0 * ldc, ldc);
-        }
-    }
-}
 
 static void lora_forward(lg_adapter *h, const struct lg_linear *l, float *y, const float *x, int N, int training) {
     lora_impl *im = (lora_impl *)h;
@@ -173,7 +148,7 @@ static void lora_forward(lg_adapter *h, const struct lg_linear *l, float *y, con
         dropout_apply(o->xs, x, (long)N * in, a->drop_seed, a->drop_calls, a->dropout);
         xd = o->xs;
     }
-    skinny_gemm(0, 0, 1, N, r, in, 1.0f, xd, in, a->A, in, 0.0f, a->H, r);
+    o->ops->gemm(o->ops, 0, 1, N, r, in, 1.0f, xd, in, a->A, in, 0.0f, a->H, r);
     const float *G = a->H;
     if (a->E) {
         float *g = o->gs;
@@ -182,14 +157,14 @@ static void lora_forward(lg_adapter *h, const struct lg_linear *l, float *y, con
         G = g;
     }
     if (!a->mag) {
-        skinny_gemm(0, 0, 1, N, out, r, a->scale, G, r, a->B, r, 1.0f, y, out);
+        o->ops->gemm(o->ops, 0, 1, N, out, r, a->scale, G, r, a->B, r, 1.0f, y, out);
         return;
     }
     /* DoRA: y = b + mns (x) (base + L), written as PEFT does, y + (mns - 1) base + mns L, so that
      * mns == 1 and L == 0 at initialisation leave y bit-identical. base_out keeps base + L. */
-    dora_row_norms(a, o->wfull, a->wnorm);
+    dora_row_norms(o->ops, a, o->wfull, a->wnorm);
     float *bo = a->base_out;
-    skinny_gemm(0, 0, 1, N, out, r, a->scale, G, r, a->B, r, 0.0f, bo, out);
+    o->ops->gemm(o->ops, 0, 1, N, out, r, a->scale, G, r, a->B, r, 0.0f, bo, out);
     const float *bias = l->b ? l->b->data : NULL;
     const float *mag = a->mag, *wn = a->wnorm;
 #pragma omp parallel for schedule(static) if ((long)N * out > 65536)
@@ -251,9 +226,9 @@ static const float *lora_backward(lg_adapter *h, const struct lg_linear *l, floa
         G = g;
     }
     /* dB += s dy'^T G;  dG = s dy' B */
-    skinny_gemm(0, 1, 0, out, r, N, a->scale, dyp, out, G, r, 1.0f, a->dB, r);
+    o->ops->gemm(o->ops, 1, 0, out, r, N, a->scale, dyp, out, G, r, 1.0f, a->dB, r);
     float *dG = o->dgs;
-    skinny_gemm(0, 0, 0, N, r, out, a->scale, dyp, out, a->B, r, 0.0f, dG, r);
+    o->ops->gemm(o->ops, 0, 0, N, r, out, a->scale, dyp, out, a->B, r, 0.0f, dG, r);
     if (a->E) {
         /* dE is the gradient w.r.t. the effective value, also for masked ranks, so that a masked
          * triplet keeps a sensitivity and may win its rank back at the next reallocation (PEFT
@@ -272,14 +247,14 @@ static const float *lora_backward(lg_adapter *h, const struct lg_linear *l, floa
         dropout_apply(o->xs, x, (long)N * in, a->drop_seed, a->drop_calls, a->dropout);
         xd = o->xs;
     }
-    skinny_gemm(1, 1, 0, r, in, N, 1.0f, dG, r, xd, in, 1.0f, a->dA, in);
+    o->ops->gemm(o->ops, 1, 0, r, in, N, 1.0f, dG, r, xd, in, 1.0f, a->dA, in);
     if (dx) {
         if (!drop) {
-            skinny_gemm(0, 0, 0, N, in, r, 1.0f, dG, r, a->A, in, 1.0f, dx, in);
+            o->ops->gemm(o->ops, 0, 0, N, in, r, 1.0f, dG, r, a->A, in, 1.0f, dx, in);
         } else {
             /* d xd = dG A, then back through the forward's mask (rebuilt from its call count) */
             float *t = o->xs;
-            skinny_gemm(0, 0, 0, N, in, r, 1.0f, dG, r, a->A, in, 0.0f, t, in);
+            o->ops->gemm(o->ops, 0, 0, N, in, r, 1.0f, dG, r, a->A, in, 0.0f, t, in);
             const long cnt = (long)N * in;
             const uint64_t key = drop_key(a->drop_seed, a->drop_calls);
             const uint32_t thr = drop_thr(a->dropout);
@@ -371,7 +346,7 @@ static int parse_targets(const char *s, char ***out, int *n) {
 
 /* PiSSA: W = U S V^T (double precision), A = diag(sqrt(S_r/s)) V_r^T, B = U_r diag(sqrt(S_r/s)),
  * W <- W - s B A computed from the float A, B so that W_res + sBA == W up to one rounding. */
-static int pissa_init(lg_lora *a) {
+static int pissa_init(const lg_ops *ops, lg_lora *a) {
     const int m = a->out, n = a->in, k = LG_MIN(m, n), r = a->r;
     if (r > k) return lg_errorf("%s: PiSSA rank %d exceeds min(out, in) = %d", a->lin->name, r, k);
     float *W = a->lin->w->data;
@@ -380,10 +355,10 @@ static int pissa_init(lg_lora *a) {
     double *vt = lg_malloc((size_t)k * n * sizeof(double));
     double *sv = lg_malloc((size_t)k * sizeof(double));
     for (size_t i = 0; i < (size_t)m * n; i++) w[i] = W[i];
-    lapack_int info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', m, n, w, n, sv, u, k, vt, n);
+    int info = ops->svd(ops, m, n, w, sv, u, vt);
     if (info != 0) {
         free(w), free(u), free(vt), free(sv);
-        return lg_errorf("%s: SVD for PiSSA failed (LAPACK dgesdd info %d)", a->lin->name, (int)info);
+        return lg_errorf("%s: SVD for PiSSA failed (LAPACK dgesdd info %d)", a->lin->name, info);
     }
     for (int j = 0; j < r; j++) {
         double f = sqrt(sv[j] / a->scale);
@@ -430,7 +405,7 @@ static int init_adapter(lora_impl *im, const lg_lora_opts *o) {
         for (int64_t i = 0; i < na; i++) a->A[i] = lg_rng_normal(&rng) / (float)r;
         break;
     case LG_INIT_PISSA:
-        if (pissa_init(a) != 0) return -1;
+        if (pissa_init(im->owner->ops, a) != 0) return -1;
         break;
     case LG_INIT_ADALORA: /* without opts.adalora: plain LoRA with AdaLoRA's N(0, 0.02) on A */
         for (int64_t i = 0; i < na; i++) a->A[i] = 0.02f * lg_rng_normal(&rng);
@@ -454,8 +429,8 @@ void lg_adapters_free(lg_adapters *a) {
         lora_impl *im = a->ad[i];
         lg_lora *l = &im->pub;
         if (l->lin && l->lin->adapter == &l->hdr) l->lin->adapter = NULL;
-        lg_aligned_free(l->H);
-        lg_aligned_free(l->base_out);
+        a->ops->free(a->ops, l->H);
+        a->ops->free(a->ops, l->base_out);
         free(l->wnorm);
         free(l->rank_mask);
         free(l->A0);
@@ -465,13 +440,13 @@ void lg_adapters_free(lg_adapters *a) {
         free(im);
     }
     free(a->ad);
-    lg_aligned_free(a->params);
-    lg_aligned_free(a->grads);
-    lg_aligned_free(a->xs);
-    lg_aligned_free(a->gs);
-    lg_aligned_free(a->dgs);
-    lg_aligned_free(a->dys);
-    lg_aligned_free(a->wfull);
+    a->ops->free(a->ops, a->params);
+    a->ops->free(a->ops, a->grads);
+    a->ops->free(a->ops, a->xs);
+    a->ops->free(a->ops, a->gs);
+    a->ops->free(a->ops, a->dgs);
+    a->ops->free(a->ops, a->dys);
+    a->ops->free(a->ops, a->wfull);
     free(a->scores);
     free(a->sorted);
     free(a->orth);
@@ -541,6 +516,7 @@ int lg_adapters_attach(lg_model *m, const lg_lora_opts *opts, lg_adapters **out)
 
     lg_adapters *A = lg_calloc(1, sizeof *A);
     A->m = m;
+    A->ops = lg_model_ops(m);
     A->o = *opts;
     A->targets = lg_strdup(opts->targets);
     A->o.targets = A->targets;
@@ -562,9 +538,9 @@ int lg_adapters_attach(lg_model *m, const lg_lora_opts *opts, lg_adapters **out)
         A->max_out = LG_MAX(A->max_out, l->out);
     }
     A->max_r = r;
-    A->params = lg_aligned_alloc((ptotal ? ptotal : 16) * sizeof(float));
-    A->grads = lg_aligned_alloc((ptotal ? ptotal : 16) * sizeof(float));
-    if (dora) A->wfull = lg_aligned_alloc((size_t)max_w * sizeof(float));
+    A->params = A->ops->alloc(A->ops, (ptotal ? ptotal : 16) * sizeof(float));
+    A->grads = A->ops->alloc(A->ops, (ptotal ? ptotal : 16) * sizeof(float));
+    if (dora) A->wfull = A->ops->alloc(A->ops, (size_t)max_w * sizeof(float));
 
     /* PEFT: scaling = alpha / r (rsLoRA alpha / sqrt r); AdaLoRA: alpha (or r when alpha <= 0)
      * divided by ranknum + 1e-5 with ranknum = r. */
@@ -616,15 +592,14 @@ int lg_adapters_attach(lg_model *m, const lg_lora_opts *opts, lg_adapters **out)
                 lg_lora *b = &A->ad[j]->pub;
                 if (!b->A0) continue;
                 float *W = b->lin->w->data;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, b->out, b->in, b->r, b->scale, b->B0, b->r,
-                            b->A0, b->in, 1.0f, W, b->in);
+                A->ops->gemm(A->ops, 0, 0, b->out, b->in, b->r, b->scale, b->B0, b->r, b->A0, b->in, 1.0f, W, b->in);
             }
             A->n = i + 1;
             free(sel);
             lg_adapters_free(A);
             return -1;
         }
-        if (dora) dora_row_norms(a, A->wfull, a->mag); /* row norms of W + sBA (PEFT dora_init) */
+        if (dora) dora_row_norms(A->ops, a, A->wfull, a->mag); /* row norms of W + sBA (PEFT dora_init) */
         A->numel += (int64_t)r * (a->in + a->out) + (dora ? a->out : 0) + (adalora ? r : 0);
     }
     free(sel);
@@ -636,6 +611,7 @@ int lg_adapters_attach(lg_model *m, const lg_lora_opts *opts, lg_adapters **out)
         A->orth = lg_malloc((size_t)r * r * sizeof(float));
     }
     for (int i = 0; i < ns; i++) A->ad[i]->pub.lin->adapter = &A->ad[i]->pub.hdr;
+    lg_model_unpack(m); /* PiSSA changed W */
     *out = A;
     return 0;
 }
@@ -644,6 +620,7 @@ int lg_adapters_count(const lg_adapters *a) { return a ? a->n : 0; }
 lg_lora *lg_adapters_get(lg_adapters *a, int i) { return a && i >= 0 && i < a->n ? &a->ad[i]->pub : NULL; }
 const lg_lora_opts *lg_adapters_opts(const lg_adapters *a) { return &a->o; }
 int64_t lg_adapters_numel(const lg_adapters *a) { return a ? a->numel : 0; }
+lg_model *lg_adapters_model(const lg_adapters *a) { return a->m; }
 
 int lg_adapters_opt_tensors(lg_adapters *a, float loraplus_ratio, lg_opt_tensor **t, int *n) {
     const float bm = loraplus_ratio > 0 ? loraplus_ratio : 1.0f;
@@ -683,9 +660,9 @@ void lg_adapters_zero_grads(lg_adapters *a) {
 /* AdaLoRA                                                                                    */
 
 /* Adds c * d/dP ||P P^T - I||_F (rows = r, cols = n) to dP; for B pass Q^T Q via trans = 1. */
-static void orth_grad(const float *P, float *dP, int r, int n, int trans, float c, float *M) {
-    if (!trans) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r, r, n, 1.0f, P, n, P, n, 0.0f, M, r);
-    else cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, r, n, 1.0f, P, r, P, r, 0.0f, M, r);
+static void orth_grad(const lg_ops *ops, const float *P, float *dP, int r, int n, int trans, float c, float *M) {
+    if (!trans) ops->gemm(ops, 0, 1, r, r, n, 1.0f, P, n, P, n, 0.0f, M, r);
+    else ops->gemm(ops, 1, 0, r, r, n, 1.0f, P, r, P, r, 0.0f, M, r);
     double f = 0;
     for (int i = 0; i < r; i++) M[i * r + i] -= 1.0f;
     for (int i = 0; i < r * r; i++) f += (double)M[i] * M[i];
@@ -693,8 +670,8 @@ static void orth_grad(const float *P, float *dP, int r, int n, int trans, float 
     if (!(f > 0)) return; /* the Frobenius norm is not differentiable at 0; its subgradient 0 */
     const float g = (float)(2.0 * c / f);
     /* d||PP^T - I|| / dP = 2 (PP^T - I) P / f;  d||Q^TQ - I|| / dQ = 2 Q (Q^TQ - I) / f */
-    if (!trans) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, n, r, g, M, r, P, n, 1.0f, dP, n);
-    else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, r, r, g, P, r, M, r, 1.0f, dP, r);
+    if (!trans) ops->gemm(ops, 0, 0, r, n, r, g, M, r, P, n, 1.0f, dP, n);
+    else ops->gemm(ops, 0, 0, n, r, r, g, P, r, M, r, 1.0f, dP, r);
 }
 
 static void ema_update(const float *p, const float *g, float *ea, float *eu, int64_t n, float b1, float b2) {
@@ -758,8 +735,8 @@ int lg_adalora_step(lg_adapters *a, long step) {
         const float c = o->orth_reg / (float)(2 * a->n);
         for (int i = 0; i < a->n; i++) {
             lg_lora *l = &a->ad[i]->pub;
-            orth_grad(l->A, l->dA, l->r, l->in, 0, c, a->orth);
-            orth_grad(l->B, l->dB, l->r, l->out, 1, c, a->orth);
+            orth_grad(a->ops, l->A, l->dA, l->r, l->in, 0, c, a->orth);
+            orth_grad(a->ops, l->B, l->dB, l->r, l->out, 1, c, a->orth);
         }
     }
     const long T = o->total_steps, tf = o->tfinal, ti = o->tinit, dt = o->delta_t > 0 ? o->delta_t : 1;

@@ -77,6 +77,7 @@ int lg_adapters_count(const lg_adapters *a);
 lg_lora *lg_adapters_get(lg_adapters *a, int i);
 const lg_lora_opts *lg_adapters_opts(const lg_adapters *a);
 int64_t lg_adapters_numel(const lg_adapters *a); /* trainable parameters */
+lg_model *lg_adapters_model(const lg_adapters *a); /* the model they are attached to */
 
 /* The trainable tensors for the optimizer (A, B, mag, E of every adapter). LoRA+: B's learning
  * rate is loraplus_ratio x the base (1 = plain). Caller frees *t (not the data). */

@@ -2,7 +2,6 @@
  * Uses only lora.h's public API: attach with init NONE, then fill the tensors. */
 #include "adapters/lora_io.h"
 
-#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -178,6 +177,8 @@ done:
 
 void lg_adapters_merge_and_free(lg_adapters *a) {
     if (!a) return;
+    lg_model *m = lg_adapters_model(a);
+    const lg_ops *ops = lg_model_ops(m);
     for (int i = 0; i < lg_adapters_count(a); i++) {
         lg_lora *l = lg_adapters_get(a, i);
         const int r = l->r, in = l->in, out = l->out;
@@ -191,7 +192,7 @@ void lg_adapters_merge_and_free(lg_adapters *a) {
             A = scaled;
         }
         float *W = l->lin->w->data;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r, l->scale, l->B, r, A, in, 1.0f, W, in);
+        ops->gemm(ops, 0, 0, out, in, r, l->scale, l->B, r, A, in, 1.0f, W, in);
         if (l->mag) /* DoRA: W' = mag (x) (W + sBA) / ||W + sBA||_row */
             for (int o = 0; o < out; o++) {
                 double s = 0;
@@ -202,4 +203,5 @@ void lg_adapters_merge_and_free(lg_adapters *a) {
         free(scaled);
     }
     lg_adapters_free(a); /* detaches */
+    lg_model_unpack(m);
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "model/model.h"
 
 int lg_cli_fail(void) {
     fprintf(stderr, "loraga: error: %s\n", lg_last_error());
@@ -107,6 +108,17 @@ int lg_parse_opts(int argc, char **argv, const lg_opt *opts, int nopts, const ch
 
 /* Whether the tokenizer itself puts BOS in front of a text (LLaMA-style) — as HF's
  * tokenizer(text) would; GPT-2 and SmolLM2 do not. */
+int lg_cli_precision(const char *s, lg_model_opts *mo) {
+    memset(mo, 0, sizeof *mo);
+    if (lg_precision_parse(s, &mo->precision) != 0) return lg_errorf_prefix("--precision");
+    mo->precision = lg_precision_resolve(mo->precision);
+    return 0;
+}
+
+void lg_cli_bf16_base(lg_model *m) {
+    if (lg_model_ops(m)->precision == LG_PREC_BF16) lg_model_store_frozen_bf16(m);
+}
+
 int lg_cli_tokenizer_adds_bos(const lg_tokenizer *t) {
     int *ids = NULL, n = 0;
     int bos = lg_tokenizer_bos(t), adds = 0;
@@ -115,9 +127,26 @@ int lg_cli_tokenizer_adds_bos(const lg_tokenizer *t) {
     return adds;
 }
 
-/* A GGUF model carries its chat template in its metadata; NULL otherwise (caller frees). */
+/* Whether the tokenizer itself puts EOS after a text (its post-processor adds it). */
+int lg_cli_tokenizer_adds_eos(const lg_tokenizer *t) {
+    int *ids = NULL, n = 0;
+    int eos = lg_tokenizer_eos(t), adds = 0;
+    if (eos >= 0 && lg_tokenizer_encode(t, "", 0, 1, &ids, &n) == 0) adds = n > 0 && ids[n - 1] == eos;
+    free(ids);
+    return adds;
+}
+
+/* A GGUF model carries its chat template in its metadata; a Hugging Face directory may have
+ * chat_template.jinja, which transformers prefers to tokenizer_config.json's; NULL otherwise
+ * (caller frees; the tokenizer_config.json template is then the data loader's default). */
 char *lg_cli_chat_template(const char *model) {
     char *tpl = NULL;
     if (!lg_is_dir(model) && lg_gguf_is_gguf(model) && lg_gguf_chat_template(model, &tpl) != 0) tpl = NULL;
+    if (lg_is_dir(model)) {
+        char *p = lg_path_join(model, "chat_template.jinja");
+        size_t n;
+        if (lg_file_exists(p) && lg_read_file(p, &tpl, &n) != 0) tpl = NULL;
+        free(p);
+    }
     return tpl;
 }

@@ -11,7 +11,6 @@
  *           randomised SVD with q = 4r and 4 power iterations (torch.svd_lowrank(q=4r, niter=4)).
  *           Done --ga-reps times (default 2, as the torch script) after an untimed warm-up; tokens/s
  *           is the median estimation batch. */
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -26,7 +25,8 @@
 #include "train/train.h"
 
 static const char *USAGE =
-    "usage: loraga bench --config tiny|small --mode fwd|full|lora|loraga [--threads N] [--steps N] [--json]\n"
+    "usage: loraga bench --config tiny|small --mode fwd|full|lora|loraga [--precision P] [--threads N] [--steps N] [--json]\n"
+    "       loraga bench --model DIR --mode fwd|full|lora [--batch-size 4] [--seq-len 128] [--precision P] [--json]\n"
     "       loraga-mode options: [--ga-batches 8] [--ga-mode all|serial|sketch] [--ga-mem BYTES] [--ga-sketch-k K]\n"
     "                            [--ga-reps 2]";
 
@@ -54,23 +54,27 @@ static double flops_per_token(const bench_cfg *c, const char *mode, int r) {
     return 4 * n_mm + 2 * n_blk + 3 * attn_fwd; /* loraga */
 }
 
-/* Practical ceiling: cblas_sgemm on the model's biggest projection shape, in this process. */
-static double sgemm_ceiling(const bench_cfg *c) {
-    int M = c->batch * c->seq, N = c->ffn, K = c->dim;
-    float *A = lg_aligned_alloc((size_t)M * K * 4), *B = lg_aligned_alloc((size_t)N * K * 4),
-          *C = lg_aligned_alloc((size_t)M * N * 4);
+/* Practical ceiling: a linear layer's forward product on the model's biggest projection shape
+ * (M tokens, K = dim in, N = FFN out), in this process, with a backend of precision p (bf16: the
+ * weight stored as bf16, as a frozen base is). GFLOP/s, best of 5 after 2 untimed runs. */
+static double gemm_ceiling(lg_precision p, int M, int N, int K) {
+    lg_ops *o;
+    if (lg_ops_create(p, &o) != 0) return 0;
+    float *A = o->alloc(o, (size_t)M * K * 4), *B = o->alloc(o, (size_t)N * K * 4), *C = o->alloc(o, (size_t)M * N * 4);
+    uint16_t *B16 = o->alloc(o, (size_t)N * K * 2);
     for (long i = 0; i < (long)M * K; i++) A[i] = (float)(i % 7) * 0.1f;
     for (long i = 0; i < (long)N * K; i++) B[i] = (float)(i % 5) * 0.1f;
+    lg_round_bf16(B16, B, (long)N * K);
+    const lg_weight w = p == LG_PREC_BF16 ? (lg_weight){NULL, B16, NULL} : lg_weight_f32(B);
     double best = 0;
     for (int rep = 0; rep < 7; rep++) {
         double t = lg_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+        o->linear_forward(o, C, A, w, NULL, M, K, N);
         double dt = lg_now() - t;
         if (rep > 1) best = fmax(best, 2.0 * M * N * K / dt / 1e9);
     }
-    lg_aligned_free(A);
-    lg_aligned_free(B);
-    lg_aligned_free(C);
+    o->free(o, A), o->free(o, B), o->free(o, C), o->free(o, B16);
+    lg_ops_free(o);
     return best;
 }
 
@@ -127,13 +131,20 @@ static lg_batch batch_alloc(int B, int T) {
 static void batch_free(lg_batch *b) { free(b->inputs), free(b->targets), free(b->weight); }
 
 int cmd_bench(int argc, char **argv) {
-    const char *config = "small", *mode = "fwd", *ga_mode_s = "all";
+    const char *config = "small", *mode = "fwd", *ga_mode_s = "all", *precision_s = "auto", *model_dir = NULL;
     int threads = 0, steps = 10, warmup = 3, json = 0, ga_batches = 8, ga_k = 0, rank = 8, ga_reps = 2;
-    int recompute = 0;
-    const char *base_dtype = "float32";
+    int recompute = 0, batch_size = 4, seq_len = 128;
+    const char *base_dtype = NULL;
     size_t ga_mem = 0;
     lg_opt opts[] = {
         {"--config", LG_OPT_STR, &config, "tiny or small (default small)"},
+        {"--model", LG_OPT_STR, &model_dir, "a real model (HF directory, .gguf, llama2.c .bin) instead of --config: "
+                                            "random tokens, r 8 on all linear layers"},
+        {"--batch-size", LG_OPT_INT, &batch_size, "--model: rows per step (default 4)"},
+        {"--seq-len", LG_OPT_INT, &seq_len, "--model: tokens per row (default 128)"},
+        {"--precision", LG_OPT_STR, &precision_s,
+         "linear layers in fp32 or bf16 (bf16 inputs, fp32 accumulation); auto = bf16 where the CPU has bf16 "
+         "units (default auto)"},
         {"--mode", LG_OPT_STR, &mode, "fwd, full, lora or loraga (default fwd)"},
         {"--threads", LG_OPT_INT, &threads, "threads (default: OMP_NUM_THREADS or all cores)"},
         {"--steps", LG_OPT_INT, &steps, "timed steps (default 10)"},
@@ -144,17 +155,29 @@ int cmd_bench(int argc, char **argv) {
         {"--ga-mem", LG_OPT_SIZE, &ga_mem, "loraga serial: gradient bytes per group (default: one layer's targets)"},
         {"--ga-sketch-k", LG_OPT_INT, &ga_k, "loraga sketch: width k (default 8r)"},
         {"--ga-reps", LG_OPT_INT, &ga_reps, "loraga: timed repetitions of estimation + factorisation (default 2)"},
-        {"--base-dtype", LG_OPT_STR, &base_dtype, "lora: frozen base weights stored as float32 or bfloat16 (default float32)"},
+        {"--base-dtype", LG_OPT_STR, &base_dtype,
+         "lora: frozen base weights stored as float32 or bfloat16 (default: bfloat16 with --precision bf16, else "
+         "float32)"},
         {"--recompute", LG_OPT_FLAG, &recompute, "lora / full: keep only each layer's input, recompute in backward"},
         {"--json", LG_OPT_FLAG, &json, "print one JSON line"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
     if (pr) return pr > 0 ? 0 : 2;
+    lg_precision prec;
+    if (lg_precision_parse(precision_s, &prec) != 0) {
+        lg_errorf_prefix("--precision");
+        return lg_cli_fail();
+    }
+    prec = lg_precision_resolve(prec);
     const bench_cfg *bc = NULL;
     for (size_t i = 0; i < sizeof CONFIGS / sizeof CONFIGS[0]; i++)
         if (!strcmp(config, CONFIGS[i].name)) bc = &CONFIGS[i];
-    if (!bc) {
+    if (!bc && !model_dir) {
         lg_errorf("--config '%s': expected tiny or small", config);
+        return lg_cli_fail();
+    }
+    if (model_dir && (batch_size < 1 || seq_len < 2)) {
+        lg_errorf("--batch-size must be >= 1 and --seq-len >= 2");
         return lg_cli_fail();
     }
     int is_fwd = !strcmp(mode, "fwd"), is_full = !strcmp(mode, "full"), is_lora = !strcmp(mode, "lora"),
@@ -167,6 +190,7 @@ int cmd_bench(int argc, char **argv) {
         lg_errorf("--steps, --ga-batches and --rank must be >= 1, --ga-reps 1..8, --warmup >= 0");
         return lg_cli_fail();
     }
+    if (!base_dtype) base_dtype = prec == LG_PREC_BF16 && is_lora ? "bfloat16" : "float32";
     int base_bf16 = !strcmp(base_dtype, "bfloat16") || !strcmp(base_dtype, "bf16");
     if (!base_bf16 && strcmp(base_dtype, "float32")) {
         lg_errorf("--base-dtype '%s': expected float32 or bfloat16", base_dtype);
@@ -182,9 +206,26 @@ int cmd_bench(int argc, char **argv) {
         lg_errorf_prefix("--ga-mode");
         return lg_cli_fail();
     }
-    if (threads > 0) {
-        omp_set_num_threads(threads);
-        openblas_set_num_threads(threads);
+    if (model_dir && is_ga) {
+        lg_errorf("--mode loraga runs on --config shapes only");
+        return lg_cli_fail();
+    }
+    lg_set_threads(threads);
+    const lg_model_opts mo = {prec};
+    lg_model *m = NULL;
+    bench_cfg mc; /* --model: the shape of the real model */
+    if (model_dir) {
+        if (lg_model_load(model_dir, &mo, &m) != 0) return lg_cli_fail();
+        const lg_config *k = lg_model_config(m);
+        mc = (bench_cfg){"model", k->vocab_size, k->dim, k->n_layers, k->n_heads, k->n_kv_heads, k->hidden_dim,
+                         seq_len, batch_size};
+        if (seq_len > k->max_seq) {
+            lg_errorf("--seq-len %d exceeds the model's maximum %d", seq_len, k->max_seq);
+            lg_model_free(m);
+            return lg_cli_fail();
+        }
+        bc = &mc;
+        config = model_dir;
     }
     lg_config c;
     memset(&c, 0, sizeof c);
@@ -203,9 +244,11 @@ int cmd_bench(int argc, char **argv) {
     c.rope_theta = 10000.0f;
     c.rope_style = LG_ROPE_INTERLEAVED; /* as the torch script */
     c.bos_id = c.eos_id = -1;
-    double ceiling = sgemm_ceiling(bc);
-    lg_model *m;
-    if (lg_model_create(&c, NULL, 0, &m) != 0) return lg_cli_fail();
+    const int cM = bc->batch * bc->seq, cN = bc->ffn, cK = bc->dim;
+    const double ceil32 = gemm_ceiling(LG_PREC_FP32, cM, cN, cK);
+    const double ceil16 = prec == LG_PREC_BF16 ? gemm_ceiling(LG_PREC_BF16, cM, cN, cK) : 0;
+    const double ceiling = prec == LG_PREC_BF16 ? ceil16 : ceil32;
+    if (!m && lg_model_create(&c, NULL, 0, &mo, &m) != 0) return lg_cli_fail();
     double rss_model = lg_peak_rss_kb() / 1024.0;
     int B = bc->batch, T = bc->seq, rc = 1;
     lg_rng r;
@@ -236,6 +279,7 @@ int cmd_bench(int argc, char **argv) {
         lg_lora_opts_default(&lo);
         lo.r = rank;
         lo.alpha = 16.0f;
+        if (model_dir) lo.targets = "all-linear";
         lo.init = is_ga ? LG_INIT_NONE : LG_INIT_KAIMING;
         if (lg_adapters_attach(m, &lo, &ad) != 0) goto done;
         if (is_lora && lg_adapters_opt_tensors(ad, 1.0f, &ot, &nt) != 0) goto done;
@@ -331,14 +375,18 @@ int cmd_bench(int argc, char **argv) {
         printf("{\"config\": \"%s\", \"mode\": \"%s\", \"threads\": %d, \"tokens_per_step\": %d, \"n_timed\": %ld, "
                "\"step_s_median\": %.4f, \"step_s_min\": %.4f, \"step_s_max\": %.4f, \"tokens_per_s\": %.1f, "
                "\"gflops\": %.1f, \"mflop_per_token\": %.2f, \"peak_rss_mb\": %.1f, \"rss_after_model_mb\": %.1f, "
-               "\"ceiling_gflops\": %.1f, \"share_of_ceiling\": %.3f, \"loss_last\": %.4f, \"base_dtype\": \"%s\", "
-               "\"recompute\": %d%s}\n",
+               "\"ceiling_gflops\": %.1f, \"share_of_ceiling\": %.3f, \"ceiling_fp32_gflops\": %.1f, "
+               "\"share_of_fp32_ceiling\": %.3f, \"loss_last\": %.4f, \"base_dtype\": \"%s\", \"precision\": \"%s\", "
+               "\"bf16_native\": %d, \"compute\": \"%s\", \"recompute\": %d%s}\n",
                config, mode, omp_get_max_threads(), B * T, ntimes, med, times[0], times[ntimes - 1], tps, gf,
-               fpt / 1e6, rss, rss_model, ceiling, ceiling > 0 ? gf / ceiling : 0.0, loss,
-               base_bf16 ? "bfloat16" : "float32", recompute, extra);
+               fpt / 1e6, rss, rss_model, ceiling, ceiling > 0 ? gf / ceiling : 0.0, ceil32,
+               ceil32 > 0 ? gf / ceil32 : 0.0, loss, base_bf16 ? "bfloat16" : "float32", lg_precision_name(prec),
+               lg_model_ops(m)->bf16_native, lg_ops_describe(lg_model_ops(m)), recompute, extra);
     else
-        printf("%s %s: %.1f tokens/s, %.1f GFLOP/s (sgemm ceiling %.1f), step %.4f s, peak RSS %.1f MB\n", config, mode,
-               tps, gf, ceiling, med, rss);
+        printf("%s %s (%s): %.1f tokens/s, %.1f GFLOP/s (ceiling %.1f: %.0f %%; fp32 ceiling %.1f), step %.4f s, "
+               "peak RSS %.1f MB\n",
+               config, mode, lg_ops_describe(lg_model_ops(m)), tps, gf, ceiling, ceiling > 0 ? 100 * gf / ceiling : 0.0,
+               ceil32, med, rss);
     rc = 0;
 done:
     if (rc) lg_cli_fail();

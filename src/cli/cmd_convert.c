@@ -56,7 +56,7 @@ static int convert_gguf(const char *model, const char *out, const char *dtype, c
     fprintf(stderr, "loading %s\n", model);
     if (lg_gguf_open(model, &g) != 0 || lg_gguf_model_from(g, &cfg, &src) != 0) goto fail;
     if (!dtype) snprintf(cfg.torch_dtype, sizeof cfg.torch_dtype, "float32");
-    if (lg_model_create(&cfg, &src, 0, &m) != 0) {
+    if (lg_model_create(&cfg, &src, 0, NULL, &m) != 0) {
         lg_errorf_prefix("%s", model);
         goto fail;
     }
@@ -112,7 +112,7 @@ int cmd_convert(int argc, char **argv) {
     lg_tokenizer *t = NULL;
     char *tmp = NULL, *tokpath = NULL;
     fprintf(stderr, "loading %s\n", model);
-    if (lg_model_load(model, &m) != 0) goto fail;
+    if (lg_model_load(model, NULL, &m) != 0) goto fail;
     const lg_config *c = lg_model_config(m);
     tokpath = tok ? lg_strdup(tok) : find_tokenizer(model, c->vocab_size);
     if (!tokpath) {

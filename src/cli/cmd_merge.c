@@ -51,7 +51,7 @@ int cmd_merge(int argc, char **argv) {
     lg_tokenizer *t = NULL;
     char *tmp = NULL;
     int rc = 1;
-    if (lg_model_load(model, &m) != 0) goto done;
+    if (lg_model_load(model, NULL, &m) != 0) goto done;
     if (lg_adapter_set_load(m, adapter, &ad) != 0) goto done;
     fprintf(stderr, "merging %s\n", lg_adapter_set_describe(ad));
     const int hf_dir = lg_is_dir(model);

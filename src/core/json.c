@@ -83,19 +83,22 @@ cJSON *lg_json_parse(const char *text, size_t len, const char *unit) {
         lg_errorf("not valid JSON (near %s %zu)", unit, at + 1);
         return NULL;
     }
-    if ((at = find_nul(text, len)) < len) {
-        cJSON_Delete(j);
-        lg_errorf("a NUL character (\\u0000) in a string at %s %zu: it would cut the text there; remove it", unit,
-                  at + 1);
-        return NULL;
-    }
-    const char *dup = find_dup(j);
-    if (dup) {
-        lg_errorf("duplicate key \"%.100s\" in one object: which value is meant is ambiguous (Python and Hugging Face "
-                  "keep the last); keep one",
-                  dup);
+    if (lg_json_check(j, text, len, unit) != 0) {
         cJSON_Delete(j);
         return NULL;
     }
     return j;
+}
+
+int lg_json_check(const cJSON *j, const char *text, size_t len, const char *unit) {
+    size_t at = find_nul(text, len);
+    if (at < len)
+        return lg_errorf("a NUL character (\\u0000) in a string at %s %zu: it would cut the text there; remove it",
+                         unit, at + 1);
+    const char *dup = find_dup(j);
+    if (dup)
+        return lg_errorf("duplicate key \"%.100s\" in one object: which value is meant is ambiguous (Python and "
+                         "Hugging Face keep the last); keep one",
+                         dup);
+    return 0;
 }

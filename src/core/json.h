@@ -16,5 +16,8 @@
  * in a string at <unit> N ...", "duplicate key \"k\" ...". unit names the position for the
  * caller's kind of input: "byte" for a file, "column" for a row of a JSONL file. */
 cJSON *lg_json_parse(const char *text, size_t len, const char *unit);
+/* The same checks on a value cJSON already parsed from text[0, len) (a reader that finds where a
+ * value ends itself): 0, or -1 with the reason. */
+int lg_json_check(const cJSON *j, const char *text, size_t len, const char *unit);
 
 #endif

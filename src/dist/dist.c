@@ -2,7 +2,6 @@
  * functions are the size-1 stand-ins (collectives do nothing, a multi-rank launch is refused). */
 #include "dist/dist.h"
 
-#include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +18,7 @@
 #endif
 
 #include "core/util.h"
+#include "ops/ops.h"
 
 static int g_rank = 0, g_size = 1;
 static int g_mpi;            /* MPI_Init done by us (and not yet finalised) */
@@ -144,8 +144,7 @@ static void split_threads(void) {
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) < online) return;
     int th = (int)LG_MAX(1, online / local);
-    omp_set_num_threads(th);
-    openblas_set_num_threads(th);
+    lg_set_threads(th);
 }
 #endif
 

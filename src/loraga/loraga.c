@@ -7,11 +7,10 @@
  * once every target is factorised, so that every pass sees the untouched base model).
  *
  * Shapes: target weight W and its gradient G are m x n (out x in); r is the LoRA rank;
- * N tokens per batch; k the sketch width, l = 2k + 1. All matrices row-major. */
+ * N tokens per batch; k the sketch width, l = 4k + 1. All matrices row-major. Every product
+ * and factorisation goes through the model's backend (ops.h). */
 #include "loraga/loraga.h"
 
-#include <cblas.h>
-#include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,17 +53,14 @@ PARSE(lg_ga_parse_variant, lg_ga_variant, "paper", "peft")
 /* dense linear algebra helpers (double precision: the matrices here are small)               */
 
 /* Orthonormal basis of the columns of X (rows x cols, rows >= cols), in place: X <- Q. */
-static int orthonormalise(double *X, int rows, int cols) {
-    double *tau = lg_malloc((size_t)cols * sizeof(double));
-    int rc = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, rows, cols, X, cols, tau);
-    if (!rc) rc = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, rows, cols, cols, X, cols, tau);
-    free(tau);
+static int orthonormalise(const lg_ops *ops, double *X, int rows, int cols) {
+    int rc = ops->orthonormalize(ops, rows, cols, X);
     return rc ? lg_errorf("LAPACK QR failed (info %d)", rc) : 0;
 }
 
 /* Thin SVD of X (rows x cols): U (rows x p), S (p), Vt (p x cols), p = min(rows, cols). X is destroyed. */
-static int thin_svd(double *X, int rows, int cols, double *U, double *S, double *Vt) {
-    int rc = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', rows, cols, X, cols, S, U, LG_MIN(rows, cols), Vt, cols);
+static int thin_svd(const lg_ops *ops, double *X, int rows, int cols, double *U, double *S, double *Vt) {
+    int rc = ops->svd(ops, rows, cols, X, S, U, Vt);
     return rc ? lg_errorf("LAPACK SVD failed to converge (info %d)", rc) : 0;
 }
 
@@ -84,7 +80,7 @@ static void store_triplets(const double *U, int ldu, const double *S, const doub
         for (int j = 0; j < k; j++) Vo[(size_t)i * k + j] = (float)Vt[(size_t)j * ldv_cols + i];
 }
 
-int lg_ga_svd(const float *G, int m, int n, int k, int q, int niter, uint64_t seed, float *Uo, float *So, float *Vo) {
+int lg_ga_svd(const lg_ops *ops, const float *G, int m, int n, int k, int q, int niter, uint64_t seed, float *Uo, float *So, float *Vo) {
     int p = LG_MIN(m, n);
     if (k > p) return lg_errorf("cannot take %d singular vectors of a %d x %d matrix", k, m, n);
     q = LG_MAX(LG_MIN(q, p), k);
@@ -94,7 +90,7 @@ int lg_ga_svd(const float *G, int m, int n, int k, int q, int niter, uint64_t se
     if (q >= p) { /* small: the exact SVD costs no more than the randomised one */
         double *U = lg_malloc((size_t)m * p * sizeof(double)), *S = lg_malloc((size_t)p * sizeof(double)),
                *Vt = lg_malloc((size_t)p * n * sizeof(double));
-        rc = thin_svd(Gd, m, n, U, S, Vt);
+        rc = thin_svd(ops, Gd, m, n, U, S, Vt);
         if (!rc) store_triplets(U, p, S, Vt, n, m, n, k, Uo, So, Vo);
         free(U), free(S), free(Vt);
         free(Gd);
@@ -105,22 +101,22 @@ int lg_ga_svd(const float *G, int m, int n, int k, int q, int niter, uint64_t se
     double *Om = lg_malloc((size_t)n * q * sizeof(double)), *Q = lg_malloc((size_t)m * q * sizeof(double)),
            *Qn = lg_malloc((size_t)n * q * sizeof(double)), *B = lg_malloc((size_t)q * n * sizeof(double));
     fill_normal(Om, (long)n * q, seed);
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, q, n, 1.0, Gd, n, Om, q, 0.0, Q, q);
-    rc = orthonormalise(Q, m, q);
+    ops->dgemm(ops, 0, 0, m, q, n, 1.0, Gd, n, Om, q, 0.0, Q, q);
+    rc = orthonormalise(ops, Q, m, q);
     for (int it = 0; !rc && it < niter; it++) {
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, q, m, 1.0, Gd, n, Q, q, 0.0, Qn, q);
-        rc = orthonormalise(Qn, n, q);
+        ops->dgemm(ops, 1, 0, n, q, m, 1.0, Gd, n, Q, q, 0.0, Qn, q);
+        rc = orthonormalise(ops, Qn, n, q);
         if (rc) break;
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, q, n, 1.0, Gd, n, Qn, q, 0.0, Q, q);
-        rc = orthonormalise(Q, m, q);
+        ops->dgemm(ops, 0, 0, m, q, n, 1.0, Gd, n, Qn, q, 0.0, Q, q);
+        rc = orthonormalise(ops, Q, m, q);
     }
     if (!rc) {
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, q, n, m, 1.0, Q, q, Gd, n, 0.0, B, n);
+        ops->dgemm(ops, 1, 0, q, n, m, 1.0, Q, q, Gd, n, 0.0, B, n);
         double *Ub = lg_malloc((size_t)q * q * sizeof(double)), *S = lg_malloc((size_t)q * sizeof(double)),
                *Vt = lg_malloc((size_t)q * n * sizeof(double)), *U = lg_malloc((size_t)m * q * sizeof(double));
-        rc = thin_svd(B, q, n, Ub, S, Vt);
+        rc = thin_svd(ops, B, q, n, Ub, S, Vt);
         if (!rc) {
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, q, q, 1.0, Q, q, Ub, q, 0.0, U, q);
+            ops->dgemm(ops, 0, 0, m, q, q, 1.0, Q, q, Ub, q, 0.0, U, q);
             store_triplets(U, q, S, Vt, n, m, n, k, Uo, So, Vo);
         }
         free(Ub), free(S), free(Vt), free(U);
@@ -132,7 +128,7 @@ int lg_ga_svd(const float *G, int m, int n, int k, int q, int niter, uint64_t se
 /* ------------------------------------------------------------------------------------------ */
 /* directions and scales                                                                      */
 
-void lg_ga_init_factors(const float *U, const float *S, const float *V, int m, int n, int r, float s,
+void lg_ga_init_factors(const lg_ops *ops, const float *U, const float *S, const float *V, int m, int n, int r, float s,
                         const float *W, const lg_ga_opts *o, float *A0, float *B0) {
     /* Pick which of the 2r singular directions go to A (rows of V^T) and to B (columns of U). */
     int *ia = lg_malloc((size_t)r * sizeof(int)), *ib = lg_malloc((size_t)r * sizeof(int));
@@ -172,7 +168,7 @@ void lg_ga_init_factors(const float *U, const float *S, const float *V, int m, i
         if (o->scale == LG_GA_GD) ca = cb = 1.0f / s;
         if (o->scale == LG_GA_WEIGHT_SVD && S[ib[0]] > 0) {
             float sw[1], *v = lg_malloc((size_t)n * sizeof(float)), *uu = lg_malloc((size_t)m * sizeof(float));
-            if (lg_ga_svd(W, m, n, 1, 4 * r, 4, o->seed, uu, sw, v) == 0) cb = sw[0] / S[ib[0]];
+            if (lg_ga_svd(ops, W, m, n, 1, 4 * r, 4, o->seed, uu, sw, v) == 0) cb = sw[0] / S[ib[0]];
             free(v), free(uu);
         }
     } else {
@@ -183,7 +179,7 @@ void lg_ga_init_factors(const float *U, const float *S, const float *V, int m, i
         case LG_GA_WEIGHT_SVD: { /* mean over the top r of sqrt(sigma_i(W) / s) */
             float *uu = lg_malloc((size_t)m * r * sizeof(float)), *v = lg_malloc((size_t)n * r * sizeof(float)),
                   *sw = lg_malloc((size_t)r * sizeof(float));
-            if (lg_ga_svd(W, m, n, r, 4 * r, 4, o->seed, uu, sw, v) == 0) {
+            if (lg_ga_svd(ops, W, m, n, r, 4 * r, 4, o->seed, uu, sw, v) == 0) {
                 double acc = 0;
                 for (int j = 0; j < r; j++) acc += sqrt(fmax(sw[j], 0) / s);
                 ca = cb = (float)(acc / r);
@@ -204,6 +200,7 @@ void lg_ga_init_factors(const float *U, const float *S, const float *V, int m, i
 
 typedef struct {
     lg_lora *lo;
+    const lg_ops *ops; /* the model's backend */
     int m, n;
     float *G;            /* all / serial: m x n running sum of dL/dW (already divided by N) */
     int k, l;            /* sketch: Y = G Omega (m x k), Z = Psi G (l x n); Omega (n x k) and
@@ -243,8 +240,7 @@ static void random_signs(float *out, size_t n, uint64_t seed) {
 /* dL/dW of a linear layer y = x W^T is dy^T x: accumulate it (dy carries 1/(N·tokens)). */
 static void hook_dense(lg_linear *l, const float *dy, const float *x, int N, void *ud) {
     ga_target *t = ud;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l->out, l->in, N, 1.0f, dy, l->out, x, l->in, 1.0f, t->G,
-                l->in);
+    t->ops->gemm(t->ops, 1, 0, l->out, l->in, N, 1.0f, dy, l->out, x, l->in, 1.0f, t->G, l->in);
 }
 
 /* Sketches without forming dy^T x: Y += dy^T (x Omega);  Z += (Psi dy^T) x. */
@@ -256,10 +252,11 @@ static void hook_sketch(lg_linear *l, const float *dy, const float *x, int N, vo
     float *t1 = grow(&sc->t1, &sc->cap_t1, (size_t)N * k), *t2 = grow(&sc->t2, &sc->cap_t2, (size_t)ll * N);
     random_signs(om, (size_t)n * k, t->seed);
     random_signs(psi, (size_t)ll * m, ~t->seed);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, k, n, 1.0f, x, n, om, k, 0.0f, t1, k);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, k, N, 1.0f, dy, m, t1, k, 1.0f, t->Y, k);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ll, N, m, 1.0f, psi, m, dy, m, 0.0f, t2, N);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ll, n, N, 1.0f, t2, N, x, n, 1.0f, t->Z, n);
+    const lg_ops *ops = t->ops;
+    ops->gemm(ops, 0, 0, N, k, n, 1.0f, x, n, om, k, 0.0f, t1, k);
+    ops->gemm(ops, 1, 0, m, k, N, 1.0f, dy, m, t1, k, 1.0f, t->Y, k);
+    ops->gemm(ops, 0, 1, ll, N, m, 1.0f, psi, m, dy, m, 0.0f, t2, N);
+    ops->gemm(ops, 0, 0, ll, n, N, 1.0f, t2, N, x, n, 1.0f, t->Z, n);
 }
 
 static void report(const lg_ga_opts *o, const char *phase, long done, long total) {
@@ -320,29 +317,30 @@ static int estimate_pass(lg_model *m, ga_target *t, int nt, int lo, int hi, int 
 /* Top-2r triplets from the sketches (Tropp, Yurtsever, Udell & Cevher 2017, §4):
  * Q = orth(Y); C = argmin ||(Psi Q) C - Z|| (k x n); G ~ Q C; SVD of C gives U = Q U_C. */
 static int factorise_sketch(const ga_target *t, int r2, float *Uo, float *So, float *Vo) {
+    const lg_ops *ops = t->ops;
     int m = t->m, n = t->n, k = t->k, l = t->l, rc;
     double *Q = lg_malloc((size_t)m * k * sizeof(double)), *M = lg_malloc((size_t)l * k * sizeof(double)),
            *Z = lg_malloc((size_t)l * n * sizeof(double));
     for (size_t i = 0; i < (size_t)m * k; i++) Q[i] = t->Y[i];
     for (size_t i = 0; i < (size_t)l * n; i++) Z[i] = t->Z[i];
-    rc = orthonormalise(Q, m, k);
+    rc = orthonormalise(ops, Q, m, k);
     if (!rc) {
         double *Psi = lg_malloc((size_t)l * m * sizeof(double));
         float *psi = lg_malloc((size_t)l * m * sizeof(float));
         random_signs(psi, (size_t)l * m, ~t->seed);
         for (size_t i = 0; i < (size_t)l * m; i++) Psi[i] = psi[i];
         free(psi);
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l, k, m, 1.0, Psi, m, Q, k, 0.0, M, k);
+        ops->dgemm(ops, 0, 0, l, k, m, 1.0, Psi, m, Q, k, 0.0, M, k);
         free(Psi);
-        int info = LAPACKE_dgels(LAPACK_ROW_MAJOR, 'N', l, k, n, M, k, Z, n); /* Z[:k] <- C */
+        int info = ops->lstsq(ops, l, k, n, M, Z); /* Z[:k] <- C */
         if (info) rc = lg_errorf("LAPACK least squares failed (info %d)", info);
     }
     if (!rc) {
         double *Uc = lg_malloc((size_t)k * k * sizeof(double)), *S = lg_malloc((size_t)k * sizeof(double)),
                *Vt = lg_malloc((size_t)k * n * sizeof(double)), *U = lg_malloc((size_t)m * k * sizeof(double));
-        rc = thin_svd(Z, k, n, Uc, S, Vt); /* the first k rows of Z hold C */
+        rc = thin_svd(ops, Z, k, n, Uc, S, Vt); /* the first k rows of Z hold C */
         if (!rc) {
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, k, k, 1.0, Q, k, Uc, k, 0.0, U, k);
+            ops->dgemm(ops, 0, 0, m, k, k, 1.0, Q, k, Uc, k, 0.0, U, k);
             store_triplets(U, k, S, Vt, n, m, n, r2, Uo, So, Vo);
         }
         free(Uc), free(S), free(Vt), free(U);
@@ -358,16 +356,15 @@ static void set_factors(ga_target *t, const float *U, const float *S, const floa
     int m = t->m, n = t->n, r = lo->r;
     if (!lo->A0) lo->A0 = lg_malloc((size_t)r * n * sizeof(float));
     if (!lo->B0) lo->B0 = lg_malloc((size_t)m * r * sizeof(float));
-    lg_ga_init_factors(U, S, V, m, n, r, lo->scale, lo->lin->w->data, o, lo->A0, lo->B0);
+    lg_ga_init_factors(t->ops, U, S, V, m, n, r, lo->scale, lo->lin->w->data, o, lo->A0, lo->B0);
 }
 
 /* A = A0, B = B0 (A0, B0 stay for the export relative to the original W); W <- W - s·B0·A0. */
-static void apply_init(lg_lora *lo) {
+static void apply_init(const lg_ops *ops, lg_lora *lo) {
     int m = lo->out, n = lo->in, r = lo->r;
     memcpy(lo->A, lo->A0, (size_t)r * n * sizeof(float));
     memcpy(lo->B, lo->B0, (size_t)m * r * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, -lo->scale, lo->B0, r, lo->A0, n, 1.0f,
-                lo->lin->w->data, n);
+    ops->gemm(ops, 0, 0, m, n, r, -lo->scale, lo->B0, r, lo->A0, n, 1.0f, lo->lin->w->data, n);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -433,7 +430,7 @@ static void alloc_sketch(ga_target *t, uint64_t seed, ga_scratch *sc) {
 }
 
 static void free_target(ga_target *t) {
-    lg_aligned_free(t->G);
+    t->ops->free(t->ops, t->G);
     free(t->Y), free(t->Z);
     t->G = t->Y = t->Z = NULL;
 }
@@ -472,10 +469,11 @@ static void diagnose(const ga_target *t, const float *S, int r2, double *capture
     float *R = lg_malloc((size_t)m * n * sizeof(float)), *BtG = lg_malloc((size_t)r * n * sizeof(float)),
           *GAt = lg_malloc((size_t)m * r * sizeof(float));
     memcpy(R, t->G, (size_t)m * n * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, n, m, 1.0f, Ub, r, t->G, n, 0.0f, BtG, n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, r, n, 1.0f, t->G, n, Va, n, 0.0f, GAt, r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, -1.0f, Ub, r, BtG, n, 1.0f, R, n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, r, -1.0f, GAt, r, Va, n, 1.0f, R, n);
+    const lg_ops *ops = t->ops;
+    ops->gemm(ops, 1, 0, r, n, m, 1.0f, Ub, r, t->G, n, 0.0f, BtG, n);
+    ops->gemm(ops, 0, 1, m, r, n, 1.0f, t->G, n, Va, n, 0.0f, GAt, r);
+    ops->gemm(ops, 0, 0, m, n, r, -1.0f, Ub, r, BtG, n, 1.0f, R, n);
+    ops->gemm(ops, 0, 0, m, n, r, -1.0f, GAt, r, Va, n, 1.0f, R, n);
     double e2 = 0;
     for (size_t i = 0; i < (size_t)m * n; i++) e2 += (double)R[i] * R[i];
     *align = sqrt(e2 / g2);
@@ -502,7 +500,7 @@ static void factorise_target(ga_target *t, int index, const lg_ga_opts *o, targe
         res->rc = lg_errorf("%s: sketch width %d is below 2r = %d", t->lo->lin->name, t->k, r2);
     } else {
         float *U = lg_malloc((size_t)t->m * r2 * sizeof(float)), *V = lg_malloc((size_t)t->n * r2 * sizeof(float));
-        res->rc = t->G ? lg_ga_svd(t->G, t->m, t->n, r2, 4 * r, 4, target_seed(o->seed, index), U, res->S, V)
+        res->rc = t->G ? lg_ga_svd(t->ops, t->G, t->m, t->n, r2, 4 * r, 4, target_seed(o->seed, index), U, res->S, V)
                        : factorise_sketch(t, r2, U, res->S, V);
         if (res->rc) lg_errorf_prefix("%s", t->lo->lin->name);
         else set_factors(t, U, res->S, V, o);
@@ -588,6 +586,7 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
     ga_target *t = lg_calloc((size_t)nt, sizeof *t);
     for (int i = 0; i < nt; i++) {
         t[i].lo = lg_adapters_get(a, i);
+        t[i].ops = lg_model_ops(m);
         t[i].m = t[i].lo->out;
         t[i].n = t[i].lo->in;
     }
@@ -645,7 +644,7 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
                 tensor_name(nm, sizeof nm, &t[i], "ga_Z");
                 if (!rc) rc = lg_st_read_f32(cache, nm, t[i].Z, 2, sz);
             } else {
-                t[i].G = lg_aligned_alloc((size_t)t[i].m * t[i].n * sizeof(float));
+                t[i].G = t[i].ops->alloc(t[i].ops, (size_t)t[i].m * t[i].n * sizeof(float));
                 tensor_name(nm, sizeof nm, &t[i], "ga_G");
                 int64_t sg[2] = {t[i].m, t[i].n};
                 rc = lg_st_read_f32(cache, nm, t[i].G, 2, sg);
@@ -714,7 +713,7 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
                 alloc_sketch(&t[i], target_seed(o->seed, i), &scratch);
                 bytes += ((size_t)t[i].m * t[i].k + (size_t)t[i].l * t[i].n) * sizeof(float);
             } else {
-                t[i].G = lg_aligned_alloc((size_t)t[i].m * t[i].n * sizeof(float));
+                t[i].G = t[i].ops->alloc(t[i].ops, (size_t)t[i].m * t[i].n * sizeof(float));
                 bytes += (size_t)t[i].m * t[i].n * sizeof(float);
             }
         }
@@ -737,7 +736,8 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
         if (rc) goto fail;
     }
 done:
-    for (int i = 0; i < nt; i++) apply_init(t[i].lo);
+    for (int i = 0; i < nt; i++) apply_init(lg_model_ops(m), t[i].lo);
+    lg_model_unpack(m); /* W changed */
     rep->estimated = sketch;
     if (rep->zero_gradient < nt) {
         rep->captured_mean /= nt - rep->zero_gradient;

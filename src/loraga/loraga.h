@@ -90,11 +90,11 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
 /* Top-k singular triplets of G (m x n, row-major): G ~ U diag(S) V^T with U (m x k), V (n x k),
  * S descending. Randomised (q = min(4r... ) columns, niter power iterations, QR between them, as
  * torch.svd_lowrank) when q < min(m, n); exact (LAPACK gesdd) otherwise. Deterministic in seed. */
-int lg_ga_svd(const float *G, int m, int n, int k, int q, int niter, uint64_t seed, float *U, float *S, float *V);
+int lg_ga_svd(const lg_ops *ops, const float *G, int m, int n, int k, int q, int niter, uint64_t seed, float *U, float *S, float *V);
 
 /* A0 (r x n) and B0 (m x r) from the top-2r triplets per direction, scale and variant.
  * W (m x n) is read only by the weight_svd scale. s is the adapter scaling. */
-void lg_ga_init_factors(const float *U, const float *S, const float *V, int m, int n, int r, float s,
+void lg_ga_init_factors(const lg_ops *ops, const float *U, const float *S, const float *V, int m, int n, int r, float s,
                         const float *W, const lg_ga_opts *o, float *A0, float *B0);
 
 #endif

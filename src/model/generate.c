@@ -1,34 +1,31 @@
 /* generate.c — key/value-cache inference, sampling, generation and streamed text (generate.h).
  *
- * The incremental forward mirrors lg_model_forward (model.c) step for step — same kernels, same
- * order of additions — for the rows being fed; only attention differs: the new queries read the
- * cached keys/values of all earlier positions instead of a T x T block. */
+ * The incremental forward is the decoder's own block forward (lg_block_forward, model.c) run on
+ * the rows being fed with a key/value cache: the new keys/values are written into the cache and
+ * the queries attend over every cached position (ops->attention_decode) instead of a T x T block. */
 #include "model/generate.h"
 #include "model/model_internal.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "adapters/adapter.h"
-
 #define CHUNK 256 /* rows fed per pass: bounds the scratch however long the prompt */
-#define ATTB 64   /* query rows per attention block */
 
 struct lg_kv {
     lg_model *m;
-    int cap, len, chunk, kvd, nthr;
+    int cap, len, chunk, kvd;
     int alloc; /* positions allocated: grows up to cap, so a large context costs only what is used */
     int *ids;
-    float *K, *V; /* per layer alloc x kvd, keys after RoPE */
-    /* scratch for chunk rows */
-    float *x, *xn, *q, *att, *tmp, *gate, *up, *h, *mean, *rstd, *S;
+    float *K, *V;   /* per layer alloc x kvd, keys after RoPE */
+    layer_acts a;   /* the block's buffers for chunk rows (no probs: attention reads the cache) */
+    float *xn, *mean, *rstd; /* final norm of the last rows */
 };
 
 int lg_kv_create(lg_model *m, int cap, lg_kv **out) {
     *out = NULL;
     const lg_config *c = &m->cfg;
+    const lg_ops *o = m->ops;
     if (cap <= 0) cap = c->max_seq;
     if (cap > c->max_seq) return lg_errorf("context of %d positions exceeds the model's maximum %d", cap, c->max_seq);
     lg_kv *kv = lg_calloc(1, sizeof *kv);
@@ -36,20 +33,30 @@ int lg_kv_create(lg_model *m, int cap, lg_kv **out) {
     kv->cap = cap;
     kv->chunk = LG_MIN(cap, CHUNK);
     kv->kvd = c->n_kv_heads * c->head_dim;
-    kv->nthr = omp_get_max_threads(); /* attention scratch per thread; attend never uses more */
-    const size_t n = (size_t)kv->chunk, C = (size_t)c->dim, F = (size_t)c->hidden_dim;
-    const size_t qd = (size_t)c->n_heads * c->head_dim, qw = c->arch == LG_ARCH_GPT2 ? 3 * C : qd;
+    const size_t n = (size_t)kv->chunk, C = (size_t)c->dim, F = (size_t)c->hidden_dim, f = sizeof(float);
+    const size_t qd = (size_t)c->n_heads * c->head_dim;
     kv->ids = lg_malloc((size_t)cap * sizeof(int));
-    kv->x = lg_aligned_alloc(n * C * sizeof(float));
-    kv->xn = lg_aligned_alloc(n * C * sizeof(float));
-    kv->tmp = lg_aligned_alloc(n * C * sizeof(float));
-    kv->q = lg_aligned_alloc(n * qw * sizeof(float));
-    kv->att = lg_aligned_alloc(n * qd * sizeof(float));
-    kv->gate = lg_aligned_alloc(n * F * sizeof(float));
-    kv->up = lg_aligned_alloc(n * F * sizeof(float));
-    kv->h = lg_aligned_alloc(n * F * sizeof(float));
-    kv->mean = lg_aligned_alloc(n * sizeof(float));
-    kv->rstd = lg_aligned_alloc(n * sizeof(float));
+    layer_acts *a = &kv->a;
+    a->x = o->alloc(o, n * C * f);
+    a->xn1 = o->alloc(o, n * C * f);
+    a->xmid = o->alloc(o, n * C * f);
+    a->xn2 = o->alloc(o, n * C * f);
+    a->tmp = o->alloc(o, n * C * f);
+    a->mean1 = o->alloc(o, n * f), a->rstd1 = o->alloc(o, n * f);
+    a->mean2 = o->alloc(o, n * f), a->rstd2 = o->alloc(o, n * f);
+    if (c->arch == LG_ARCH_GPT2) {
+        a->qkv = o->alloc(o, n * 3 * C * f);
+        a->q = a->qkv; /* k and v are copied from the slices into the cache */
+    } else {
+        a->q = o->alloc(o, n * qd * f);
+        a->gate = o->alloc(o, n * F * f);
+    }
+    a->att = o->alloc(o, n * qd * f);
+    a->up = o->alloc(o, n * F * f);
+    a->h = o->alloc(o, n * F * f);
+    kv->xn = o->alloc(o, n * C * f);
+    kv->mean = o->alloc(o, n * f);
+    kv->rstd = o->alloc(o, n * f);
     *out = kv;
     return 0;
 }
@@ -57,25 +64,28 @@ int lg_kv_create(lg_model *m, int cap, lg_kv **out) {
 /* Room for `need` positions: grow geometrically (up to cap), keeping the cached rows. */
 static void kv_reserve(lg_kv *kv, int need) {
     if (need <= kv->alloc) return;
+    const lg_ops *o = kv->m->ops;
     const int na = LG_MIN(kv->cap, LG_MAX(need, LG_MAX(2 * kv->alloc, 256)));
     const size_t L = (size_t)kv->m->cfg.n_layers, row = (size_t)kv->kvd * sizeof(float);
-    float *K = lg_aligned_alloc(L * na * row), *V = lg_aligned_alloc(L * na * row);
+    float *K = o->alloc(o, L * na * row), *V = o->alloc(o, L * na * row);
     for (size_t l = 0; l < L && kv->len > 0; l++) {
         memcpy(K + l * na * kv->kvd, kv->K + l * kv->alloc * kv->kvd, (size_t)kv->len * row);
         memcpy(V + l * na * kv->kvd, kv->V + l * kv->alloc * kv->kvd, (size_t)kv->len * row);
     }
-    lg_aligned_free(kv->K);
-    lg_aligned_free(kv->V);
-    lg_aligned_free(kv->S);
+    o->free(o, kv->K);
+    o->free(o, kv->V);
     kv->K = K, kv->V = V;
-    kv->S = lg_aligned_alloc((size_t)kv->nthr * ATTB * na * sizeof(float));
     kv->alloc = na;
 }
 
 void lg_kv_free(lg_kv *kv) {
     if (!kv) return;
-    float *bufs[] = {kv->K, kv->V, kv->x, kv->xn, kv->tmp, kv->q, kv->att, kv->gate, kv->up, kv->h, kv->mean, kv->rstd, kv->S};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) lg_aligned_free(bufs[i]);
+    const lg_ops *o = kv->m->ops;
+    layer_acts *a = &kv->a;
+    float *bufs[] = {kv->K,    kv->V,    a->x,     a->xn1,  a->xmid, a->xn2,   a->tmp, a->mean1, a->rstd1,
+                     a->mean2, a->rstd2, a->qkv ? a->qkv : a->q, a->gate, a->att, a->up, a->h, kv->xn,
+                     kv->mean, kv->rstd};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) o->free(o, bufs[i]);
     free(kv->ids);
     free(kv);
 }
@@ -94,107 +104,26 @@ int lg_kv_common_prefix(const lg_kv *kv, const int *ids, int n) {
 
 /* ---- the incremental forward ------------------------------------------------------------------ */
 
-static void lin(lg_model *m, lg_linear *l, float *y, const float *x, int N) {
-    lg_w_forward(m, y, x, l->w, l->b ? l->b->data : NULL, N, l->in, l->out);
-    if (l->adapter) lg_adapter_forward(l->adapter, l, y, x, N, 0);
-}
-
-static void norm(const lg_model *m, float *out, float *mean, float *rstd, const float *x, const lg_param *w,
-                 const lg_param *b, int N) {
-    if (m->cfg.arch == LG_ARCH_GPT2)
-        m->ops->layernorm_forward(out, mean, rstd, x, w->data, b->data, N, m->cfg.dim, m->cfg.norm_eps);
-    else
-        m->ops->rmsnorm_forward(out, rstd, x, w->data, N, m->cfg.dim, m->cfg.norm_eps);
-}
-
-/* out (n x H*hd) = attention of queries at positions pos0..pos0+n-1 over the cached keys/values
- * 0..pos0+i (causal). Scores, softmax and weighted sum as the ops kernel computes them. */
-static void attend(lg_kv *kv, float *out, const float *q, int ldq, const float *K, const float *V, int n, int pos0) {
-    lg_model *m = kv->m;
-    const int H = m->cfg.n_heads, hd = m->cfg.head_dim, group = H / m->cfg.n_kv_heads, qd = H * hd, kvd = kv->kvd;
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int nblk = (n + ATTB - 1) / ATTB, work = H * nblk;
-    /* threads only for real prefill work: waking a team costs more than a decode step's attention,
-     * and much more on a loaded machine */
-    const long flops = (long)H * n * (pos0 + n) * hd;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(kv->nthr) if (flops >= (1L << 22) && work > 1)
-    for (int w = 0; w < work; w++) {
-        const int h = w % H, i0 = (w / H) * ATTB, i1 = LG_MIN(n, i0 + ATTB), rows = i1 - i0, kvh = h / group;
-        const int nk = pos0 + i1; /* keys the last query of the block sees */
-        float *S = kv->S + (size_t)omp_get_thread_num() * ATTB * kv->alloc;
-        m->ops->gemm(0, 1, rows, nk, hd, scale, q + (size_t)i0 * ldq + (size_t)h * hd, ldq, K + (size_t)kvh * hd, kvd,
-                     0.0f, S, nk);
-        for (int i = 0; i < rows; i++) {
-            float *p = S + (size_t)i * nk;
-            const int last = pos0 + i0 + i; /* causal: keys 0..last */
-            float mx = p[0];
-            for (int s = 1; s <= last; s++) mx = p[s] > mx ? p[s] : mx;
-            float sum = 0.0f;
-            for (int s = 0; s <= last; s++) {
-                p[s] = expf(p[s] - mx);
-                sum += p[s];
-            }
-            const float inv = 1.0f / sum;
-            for (int s = 0; s <= last; s++) p[s] *= inv;
-            for (int s = last + 1; s < nk; s++) p[s] = 0.0f;
-        }
-        m->ops->gemm(0, 0, rows, hd, nk, 1.0f, S, nk, V + (size_t)kvh * hd, kvd, 0.0f, out + (size_t)i0 * qd + (size_t)h * hd,
-                     qd);
-    }
-}
-
 /* One pass over n <= chunk rows at positions kv->len..; logits of rows [lo, n) into lg (rows x V). */
 static void feed_chunk(lg_kv *kv, const int *ids, int n, float *lg, int lo) {
     lg_model *m = kv->m;
     const lg_config *c = &m->cfg;
     const lg_ops *ops = m->ops;
-    const int C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, qd = H * hd, kvd = kv->kvd;
-    const int pos0 = kv->len, gpt2 = c->arch == LG_ARCH_GPT2, F = c->hidden_dim;
-    float *x = kv->x;
-    lg_w_embed(m, x, ids, m->wte, n, C);
-    if (gpt2) ops->posemb_forward(x, m->wpe->data, 1, n, C, pos0);
+    const int C = c->dim, pos0 = kv->len;
+    float *x = kv->a.x;
+    ops->embedding_forward(ops, x, ids, lg_param_weight(m->wte, 0), n, C);
+    if (c->arch == LG_ARCH_GPT2) ops->posemb_forward(ops, x, m->wpe->data, 1, n, C, pos0);
     for (int l = 0; l < c->n_layers; l++) {
-        lg_layer *y = &m->layers[l];
-        float *Kl = kv->K + (size_t)l * kv->alloc * kvd, *Vl = kv->V + (size_t)l * kv->alloc * kvd;
-        float *kn = Kl + (size_t)pos0 * kvd, *vn = Vl + (size_t)pos0 * kvd; /* the new rows */
-        norm(m, kv->xn, kv->mean, kv->rstd, x, y->norm1_w, y->norm1_b, n);
-        int ldq;
-        if (gpt2) {
-            lin(m, &y->qkv, kv->q, kv->xn, n);
-            for (int i = 0; i < n; i++) {
-                memcpy(kn + (size_t)i * kvd, kv->q + (size_t)i * 3 * C + C, (size_t)C * sizeof(float));
-                memcpy(vn + (size_t)i * kvd, kv->q + (size_t)i * 3 * C + 2 * C, (size_t)C * sizeof(float));
-            }
-            ldq = 3 * C;
-        } else {
-            lin(m, &y->q, kv->q, kv->xn, n);
-            lin(m, &y->k, kn, kv->xn, n); /* straight into the cache */
-            lin(m, &y->v, vn, kv->xn, n);
-            ops->rope_forward(kv->q, kv->q, qd, 1, n, H, hd, pos0, m->rope_cos, m->rope_sin, c->rope_style);
-            ops->rope_forward(kn, kn, kvd, 1, n, KV, hd, pos0, m->rope_cos, m->rope_sin, c->rope_style);
-            ldq = qd;
-        }
-        attend(kv, kv->att, kv->q, ldq, Kl, Vl, n, pos0);
-        lin(m, &y->o, kv->tmp, kv->att, n);
-        for (long i = 0; i < (long)n * C; i++) x[i] += kv->tmp[i];
-        norm(m, kv->xn, kv->mean, kv->rstd, x, y->norm2_w, y->norm2_b, n);
-        if (gpt2) {
-            lin(m, &y->up, kv->up, kv->xn, n);
-            ops->gelu_forward(kv->h, kv->up, (long)n * F);
-        } else {
-            lin(m, &y->gate, kv->gate, kv->xn, n);
-            lin(m, &y->up, kv->up, kv->xn, n);
-            ops->swiglu_forward(kv->h, kv->gate, kv->up, (long)n * F);
-        }
-        lin(m, &y->down, kv->tmp, kv->h, n);
-        for (long i = 0; i < (long)n * C; i++) x[i] += kv->tmp[i];
+        const lg_kv_view view = {kv->K + (size_t)l * kv->alloc * kv->kvd, kv->V + (size_t)l * kv->alloc * kv->kvd,
+                                 pos0};
+        lg_block_forward(m, l, &kv->a, 1, n, &view, 0, x); /* the output becomes the next input */
     }
     memcpy(kv->ids + pos0, ids, (size_t)n * sizeof(int));
     kv->len += n;
     if (!lg || lo >= n) return;
     const int rows = n - lo;
-    norm(m, kv->xn, kv->mean, kv->rstd, x + (size_t)lo * C, m->normf_w, m->normf_b, rows);
-    lg_w_forward(m, lg, kv->xn, m->lm_head, NULL, rows, C, c->vocab_size);
+    lg_final_norm(m, kv->xn, kv->mean, kv->rstd, x + (size_t)lo * C, rows);
+    ops->linear_forward(ops, lg, kv->xn, lg_param_weight(m->lm_head, 1), NULL, rows, C, c->vocab_size);
 }
 
 int lg_kv_feed(lg_kv *kv, const int *ids, int n, float *logits, int all) {

@@ -143,12 +143,16 @@ static int read_param(const lg_weight_src *src, lg_param *p, float *tmp) {
     return 0;
 }
 
-int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed, lg_model **out) {
+int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed, const lg_model_opts *opts,
+                    lg_model **out) {
     *out = NULL;
     if (lg_config_validate(c) != 0) return -1;
     lg_model *m = lg_calloc(1, sizeof *m);
     m->cfg = *c;
-    m->ops = lg_ops_cpu();
+    if (lg_ops_create(opts ? opts->precision : LG_PREC_FP32, &m->ops) != 0) {
+        free(m);
+        return -1;
+    }
     m->logit_block_floats = LOGIT_BLOCK_FLOATS;
     declare_params(m);
     int64_t total = 0, biggest = 0;
@@ -157,7 +161,7 @@ int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed,
         if (m->params[i].conv1d) biggest = LG_MAX(biggest, m->params[i].numel);
     }
     m->numel = 0;
-    m->param_mem = lg_aligned_alloc((size_t)total * sizeof(float));
+    m->param_mem = m->ops->alloc(m->ops, (size_t)total * sizeof(float));
     int64_t off = 0;
     for (int i = 0; i < m->nparams; i++) {
         m->params[i].data = m->param_mem + off;
@@ -192,11 +196,11 @@ int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed,
 
 void lg_model_free(lg_model *m) {
     if (!m) return;
-    lg_aligned_free(m->param_mem);
-    lg_aligned_free(m->bf16_mem);
-    lg_aligned_free(m->wblock);
-    lg_aligned_free(m->grad_mem);
-    lg_aligned_free(m->act_mem);
+    lg_model_unpack(m);
+    m->ops->free(m->ops, m->param_mem);
+    m->ops->free(m->ops, m->bf16_mem);
+    m->ops->free(m->ops, m->grad_mem);
+    m->ops->free(m->ops, m->act_mem);
     free(m->acts);
     free(m->drop_snap);
     free(m->params);
@@ -204,10 +208,12 @@ void lg_model_free(lg_model *m) {
     free(m->linears);
     free(m->rope_cos);
     free(m->rope_sin);
+    lg_ops_free(m->ops);
     free(m);
 }
 
 const lg_config *lg_model_config(const lg_model *m) { return &m->cfg; }
+const lg_ops *lg_model_ops(const lg_model *m) { return m->ops; }
 int lg_model_n_params(const lg_model *m) { return m->nparams; }
 lg_param *lg_model_param(lg_model *m, int i) { return &m->params[i]; }
 int lg_model_n_linears(const lg_model *m) { return m->nlin; }
@@ -220,18 +226,19 @@ lg_param *lg_model_find_param(lg_model *m, const char *name) {
 }
 
 int lg_model_set_trainable(lg_model *m, int (*want)(const lg_param *p, void *ud), void *ud) {
-    lg_aligned_free(m->grad_mem);
-    m->grad_mem = NULL;
-    int64_t total = 0;
     for (int i = 0; i < m->nparams; i++)
         if (m->params[i].bf16 && (!want || want(&m->params[i], ud)))
             return lg_errorf("%s is stored as bf16 (frozen) and cannot be made trainable", m->params[i].name);
+    lg_model_unpack(m); /* a packed copy is only ever made of a frozen weight */
+    m->ops->free(m->ops, m->grad_mem);
+    m->grad_mem = NULL;
+    int64_t total = 0;
     for (int i = 0; i < m->nparams; i++) {
         m->params[i].grad = NULL;
         if (!want || want(&m->params[i], ud)) total += (m->params[i].numel + 15) & ~(int64_t)15;
     }
     if (!total) return 0;
-    m->grad_mem = lg_aligned_alloc((size_t)total * sizeof(float));
+    m->grad_mem = m->ops->alloc(m->ops, (size_t)total * sizeof(float));
     int64_t off = 0;
     for (int i = 0; i < m->nparams; i++) {
         if (!want || want(&m->params[i], ud)) {
@@ -250,10 +257,6 @@ void lg_model_zero_grads(lg_model *m) {
 /* ------------------------------------------------------------------------------------------ */
 /* bf16 storage of frozen weights                                                             */
 
-/* The float32 block a bf16 weight is expanded into, a few rows at a time: big enough for the
- * GEMM to run at full speed (>= 256 rows of a 4096-wide matrix), small enough to stay in L2/L3. */
-#define WBLOCK_FLOATS ((int64_t)1 << 20)
-
 /* Frozen matrices that reach the GEMMs or the embedding lookup (GPT-2's small position table stays). */
 static int is_bf16_candidate(const lg_model *m, const lg_param *p) {
     return p->ndim == 2 && !p->grad && p->data && p != m->wpe;
@@ -269,18 +272,16 @@ int64_t lg_model_store_frozen_bf16(lg_model *m) {
         else n32 += a;
     }
     if (!n16) return 0;
-    uint16_t *mem16 = lg_aligned_alloc((size_t)n16 * sizeof(uint16_t));
-    float *mem32 = lg_aligned_alloc((size_t)(n32 ? n32 : 1) * sizeof(float));
+    lg_model_unpack(m);
+    uint16_t *mem16 = m->ops->alloc(m->ops, (size_t)n16 * sizeof(uint16_t));
+    float *mem32 = m->ops->alloc(m->ops, (size_t)(n32 ? n32 : 1) * sizeof(float));
     int64_t o16 = 0, o32 = 0;
     for (int i = 0; i < m->nparams; i++) {
         lg_param *p = &m->params[i];
         int64_t a = (p->numel + 31) & ~(int64_t)31;
         if (is_bf16_candidate(m, p)) {
-            uint16_t *d = mem16 + o16;
-            const float *s = p->data;
-#pragma omp parallel for schedule(static) if (p->numel > 65536)
-            for (int64_t e = 0; e < p->numel; e++) d[e] = lg_f32_to_bf16(s[e]);
-            p->bf16 = d;
+            lg_round_bf16(mem16 + o16, p->data, p->numel);
+            p->bf16 = mem16 + o16;
             p->data = NULL;
             o16 += a;
         } else {
@@ -289,11 +290,9 @@ int64_t lg_model_store_frozen_bf16(lg_model *m) {
             o32 += a;
         }
     }
-    lg_aligned_free(m->param_mem);
+    m->ops->free(m->ops, m->param_mem);
     m->param_mem = mem32;
     m->bf16_mem = mem16;
-    if (!m->wblock) m->wblock = lg_aligned_alloc((size_t)WBLOCK_FLOATS * sizeof(float));
-    m->wblock_floats = WBLOCK_FLOATS;
     return n16 * (int64_t)sizeof(uint16_t);
 }
 
@@ -306,60 +305,11 @@ void lg_param_read_f32(const lg_param *p, float *dst) {
     for (int64_t e = 0; e < p->numel; e++) dst[e] = lg_bf16_to_f32(p->bf16[e]);
 }
 
-/* Rows [r0, r0 + nr) of a bf16 weight (in columns) as float32 in m->wblock. */
-static const float *wblock_rows(lg_model *m, const lg_param *w, int r0, int nr, int in) {
-    const uint16_t *s = w->bf16 + (int64_t)r0 * in;
-    float *d = m->wblock;
-    const int64_t n = (int64_t)nr * in;
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t e = 0; e < n; e++) {
-        uint32_t u = (uint32_t)s[e] << 16;
-        memcpy(&d[e], &u, sizeof u);
+void lg_model_unpack(lg_model *m) {
+    for (int i = 0; i < m->nparams; i++) {
+        if (m->params[i].packed) m->ops->release_packed(m->ops, m->params[i].packed);
+        m->params[i].packed = NULL;
     }
-    return d;
-}
-
-static int wblock_nrows(const lg_model *m, int in) { return (int)LG_MAX(1, m->wblock_floats / in); }
-
-void lg_w_forward(lg_model *m, float *y, const float *x, const lg_param *w, const float *b, int N, int in, int out) {
-    if (!w->bf16) {
-        m->ops->linear_forward(y, x, w->data, b, N, in, out);
-        return;
-    }
-    const int step = wblock_nrows(m, in);
-    for (int r0 = 0; r0 < out; r0 += step) { /* y[:, r0:r0+nr] = x W[r0:r0+nr]^T */
-        int nr = LG_MIN(step, out - r0);
-        m->ops->gemm(0, 1, N, nr, in, 1.0f, x, in, wblock_rows(m, w, r0, nr, in), in, 0.0f, y + r0, out);
-    }
-    if (b) {
-#pragma omp parallel for schedule(static) if ((long)N * out > 65536)
-        for (int i = 0; i < N; i++)
-            for (int o = 0; o < out; o++) y[(int64_t)i * out + o] += b[o];
-    }
-}
-
-void lg_w_backward_dx(lg_model *m, float *dx, const float *dy, const lg_param *w, int N, int in, int out, float alpha,
-                      float beta) {
-    if (!w->bf16) {
-        m->ops->gemm(0, 0, N, in, out, alpha, dy, out, w->data, in, beta, dx, in);
-        return;
-    }
-    const int step = wblock_nrows(m, in);
-    for (int r0 = 0; r0 < out; r0 += step) { /* dx += dy[:, r0:r0+nr] W[r0:r0+nr] */
-        int nr = LG_MIN(step, out - r0);
-        m->ops->gemm(0, 0, N, in, nr, alpha, dy + r0, out, wblock_rows(m, w, r0, nr, in), in, r0 ? 1.0f : beta, dx,
-                     in);
-    }
-}
-
-void lg_w_embed(lg_model *m, float *out, const int *ids, const lg_param *table, int N, int C) {
-    if (!table->bf16) {
-        m->ops->embedding_forward(out, ids, table->data, N, C);
-        return;
-    }
-#pragma omp parallel for schedule(static) if ((long)N * C > 65536)
-    for (int i = 0; i < N; i++)
-        for (int c = 0; c < C; c++) out[(int64_t)i * C + c] = lg_bf16_to_f32(table->bf16[(int64_t)ids[i] * C + c]);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -385,10 +335,10 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
      * of the other activations, refilled per layer in backward */
     const int recompute = training == LG_PLAN_RECOMPUTE;
     int64_t layers_total = !training ? per_layer : recompute ? (L - 1) * R(N * C) + per_layer : L * per_layer;
-    /* Training with a frozen float32 LM head: the logits are formed, turned into their loss
-     * gradient and multiplied back through the head a block of rows at a time (forward), so only
-     * one block of N x V is ever held; otherwise all N rows (inference reads them; a trainable or
-     * bf16 head keeps the whole-batch GEMMs). */
+    /* Training with a frozen LM head: the logits are formed, turned into their loss gradient and
+     * multiplied back through the head a block of rows at a time (forward), so only one block of
+     * N x V is ever held; otherwise all N rows (inference reads them; a trainable head keeps the
+     * whole-batch GEMMs). */
     const int64_t logit_rows = training && !m->lm_head->grad
                                    ? LG_MIN(N, LG_MAX((int64_t)16, m->logit_block_floats / V))
                                    : N;
@@ -396,8 +346,8 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     int64_t grads = training ? R(N * C) * 3 + R(N * wide) * 6 + R(N * F) * 3 : 0;
     int64_t total = layers_total + rest + grads;
     if (total > m->act_cap) { /* grow only: re-slicing a big enough arena allocates nothing */
-        lg_aligned_free(m->act_mem);
-        m->act_mem = lg_aligned_alloc((size_t)total * sizeof(float));
+        m->ops->free(m->ops, m->act_mem);
+        m->act_mem = m->ops->alloc(m->ops, (size_t)total * sizeof(float));
         m->act_cap = total;
     }
     if (!m->acts) m->acts = lg_calloc((size_t)L, sizeof(layer_acts));
@@ -446,6 +396,7 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     m->x_final = TAKE(N * C);
     m->xnf = TAKE(N * C);
     m->tmp = TAKE(N * C);
+    for (int64_t l = 0; l < L; l++) m->acts[l].tmp = m->tmp;
     m->meanf = TAKE(N);
     m->rstdf = TAKE(N);
     m->logits = TAKE(logit_rows * V);
@@ -478,39 +429,40 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
 /* ------------------------------------------------------------------------------------------ */
 /* linear layers: the base GEMM plus the optional adapter                                     */
 
-static void linear_fwd(lg_model *m, lg_linear *l, float *y, const float *x, int N) {
-    lg_w_forward(m, y, x, l->w, l->b ? l->b->data : NULL, N, l->in, l->out);
-    if (l->adapter) lg_adapter_forward(l->adapter, l, y, x, N, m->training);
+static void linear_fwd(lg_model *m, lg_linear *l, float *y, const float *x, int N, int training) {
+    m->ops->linear_forward(m->ops, y, x, lg_param_weight(l->w, !training), l->b ? l->b->data : NULL, N, l->in, l->out);
+    if (l->adapter) lg_adapter_forward(l->adapter, l, y, x, N, training);
 }
 
 /* dx += dy W (+ adapter path);  dW, db only when the base weight is trainable. */
 static void linear_bwd(lg_model *m, lg_linear *l, float *dx, const float *dy, const float *x, int N) {
     const float *dyb = l->adapter ? lg_adapter_backward(l->adapter, l, dx, dy, x, N) : dy;
     float *db = l->b ? l->b->grad : NULL;
-    if (l->w->bf16) { /* frozen: dx only (+ the bias gradient) */
-        if (dx) lg_w_backward_dx(m, dx, dyb, l->w, N, l->in, l->out, 1.0f, 1.0f);
-        if (db) m->ops->linear_backward(NULL, NULL, db, dy, x, NULL, N, l->in, l->out);
-    } else {
-        m->ops->linear_backward(dx, l->w->grad, dyb == dy ? db : NULL, dyb, x, l->w->data, N, l->in, l->out);
-        if (dyb != dy && db) m->ops->linear_backward(NULL, NULL, db, dy, x, l->w->data, N, l->in, l->out);
-    }
+    const lg_weight w = lg_param_weight(l->w, 0);
+    /* the bias sees the layer's own dy; the base weight the (DoRA-scaled) dyb */
+    m->ops->linear_backward(m->ops, dx, l->w->grad, dyb == dy ? db : NULL, dyb, x, w, N, l->in, l->out, 1.0f);
+    if (dyb != dy && db) m->ops->linear_backward(m->ops, NULL, NULL, db, dy, x, w, N, l->in, l->out, 1.0f);
     if (l->grad_hook) l->grad_hook(l, dyb, x, N, l->grad_hook_ud);
 }
 
 static void norm_fwd(lg_model *m, float *out, float *mean, float *rstd, const float *x, lg_param *w, lg_param *b,
                      int N) {
     if (m->cfg.arch == LG_ARCH_GPT2)
-        m->ops->layernorm_forward(out, mean, rstd, x, w->data, b->data, N, m->cfg.dim, m->cfg.norm_eps);
+        m->ops->layernorm_forward(m->ops, out, mean, rstd, x, w->data, b->data, N, m->cfg.dim, m->cfg.norm_eps);
     else
-        m->ops->rmsnorm_forward(out, rstd, x, w->data, N, m->cfg.dim, m->cfg.norm_eps);
+        m->ops->rmsnorm_forward(m->ops, out, rstd, x, w->data, N, m->cfg.dim, m->cfg.norm_eps);
 }
 
 static void norm_bwd(lg_model *m, float *dx, const float *dout, const float *x, lg_param *w, lg_param *b,
                      const float *mean, const float *rstd, int N) {
     if (m->cfg.arch == LG_ARCH_GPT2)
-        m->ops->layernorm_backward(dx, w->grad, b->grad, dout, x, w->data, mean, rstd, N, m->cfg.dim);
+        m->ops->layernorm_backward(m->ops, dx, w->grad, b->grad, dout, x, w->data, mean, rstd, N, m->cfg.dim);
     else
-        m->ops->rmsnorm_backward(dx, w->grad, dout, x, w->data, rstd, N, m->cfg.dim);
+        m->ops->rmsnorm_backward(m->ops, dx, w->grad, dout, x, w->data, rstd, N, m->cfg.dim);
+}
+
+void lg_final_norm(lg_model *m, float *xn, float *mean, float *rstd, const float *x, int N) {
+    norm_fwd(m, xn, mean, rstd, x, m->normf_w, m->normf_b, N);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -549,43 +501,56 @@ static void drop_counters(lg_model *m, int l, int restore) {
     }
 }
 
-/* Block l from its input acts[l].x; out (NULL: skip) receives the block's output. */
-static void block_fwd(lg_model *m, int l, int B, int T, float *out) {
+void lg_block_forward(lg_model *m, int l, layer_acts *a, int B, int T, const lg_kv_view *kv, int training,
+                      float *out) {
     const lg_config *c = &m->cfg;
     const lg_ops *ops = m->ops;
-    int N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
-    int qd = H * hd, gpt2 = c->arch == LG_ARCH_GPT2;
+    const int N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    const int qd = H * hd, kvd = KV * hd, gpt2 = c->arch == LG_ARCH_GPT2, pos0 = kv ? kv->pos0 : 0;
     lg_layer *y = &m->layers[l];
-    layer_acts *a = &m->acts[l];
     norm_fwd(m, a->xn1, a->mean1, a->rstd1, a->x, y->norm1_w, y->norm1_b, N);
+    /* with a cache, the new keys/values go straight into its rows at pos0 */
+    float *k = kv ? kv->K + (size_t)pos0 * kvd : a->k, *v = kv ? kv->V + (size_t)pos0 * kvd : a->v;
     int ldq, ldkv;
     if (gpt2) {
-        linear_fwd(m, &y->qkv, a->qkv, a->xn1, N);
+        linear_fwd(m, &y->qkv, a->qkv, a->xn1, N, training);
         ldq = ldkv = 3 * C;
+        if (kv) {
+            for (int i = 0; i < N; i++) {
+                memcpy(k + (size_t)i * kvd, a->qkv + (size_t)i * 3 * C + C, (size_t)C * sizeof(float));
+                memcpy(v + (size_t)i * kvd, a->qkv + (size_t)i * 3 * C + 2 * C, (size_t)C * sizeof(float));
+            }
+            ldkv = kvd;
+        } else {
+            k = a->k, v = a->v;
+        }
     } else {
-        linear_fwd(m, &y->q, a->q, a->xn1, N);
-        linear_fwd(m, &y->k, a->k, a->xn1, N);
-        linear_fwd(m, &y->v, a->v, a->xn1, N);
-        ops->rope_forward(a->q, a->q, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
-        ops->rope_forward(a->k, a->k, KV * hd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+        linear_fwd(m, &y->q, a->q, a->xn1, N, training);
+        linear_fwd(m, &y->k, k, a->xn1, N, training);
+        linear_fwd(m, &y->v, v, a->xn1, N, training);
+        ops->rope_forward(ops, a->q, a->q, qd, B, T, H, hd, pos0, m->rope_cos, m->rope_sin, c->rope_style);
+        ops->rope_forward(ops, k, k, kvd, B, T, KV, hd, pos0, m->rope_cos, m->rope_sin, c->rope_style);
         ldq = qd;
-        ldkv = KV * hd;
+        ldkv = kvd;
     }
-    ops->attention_forward(a->att, a->probs, a->q, ldq, a->k, ldkv, a->v, ldkv, B, T, H, KV, hd);
-    linear_fwd(m, &y->o, m->tmp, a->att, N);
-    for (long i = 0; i < (long)N * C; i++) a->xmid[i] = a->x[i] + m->tmp[i];
+    if (kv)
+        ops->attention_decode(ops, a->att, a->q, ldq, kv->K, kv->V, kvd, T, pos0, H, KV, hd);
+    else
+        ops->attention_forward(ops, a->att, a->probs, a->q, ldq, k, ldkv, v, ldkv, B, T, H, KV, hd);
+    linear_fwd(m, &y->o, a->tmp, a->att, N, training);
+    for (long i = 0; i < (long)N * C; i++) a->xmid[i] = a->x[i] + a->tmp[i];
     norm_fwd(m, a->xn2, a->mean2, a->rstd2, a->xmid, y->norm2_w, y->norm2_b, N);
     if (gpt2) {
-        linear_fwd(m, &y->up, a->up, a->xn2, N);
-        ops->gelu_forward(a->h, a->up, (long)N * c->hidden_dim);
+        linear_fwd(m, &y->up, a->up, a->xn2, N, training);
+        ops->gelu_forward(ops, a->h, a->up, (long)N * c->hidden_dim);
     } else {
-        linear_fwd(m, &y->gate, a->gate, a->xn2, N);
-        linear_fwd(m, &y->up, a->up, a->xn2, N);
-        ops->swiglu_forward(a->h, a->gate, a->up, (long)N * c->hidden_dim);
+        linear_fwd(m, &y->gate, a->gate, a->xn2, N, training);
+        linear_fwd(m, &y->up, a->up, a->xn2, N, training);
+        ops->swiglu_forward(ops, a->h, a->gate, a->up, (long)N * c->hidden_dim);
     }
     if (!out) return; /* a replay in backward needs nothing past h */
-    linear_fwd(m, &y->down, m->tmp, a->h, N);
-    for (long i = 0; i < (long)N * C; i++) out[i] = a->xmid[i] + m->tmp[i];
+    linear_fwd(m, &y->down, a->tmp, a->h, N, training);
+    for (long i = 0; i < (long)N * C; i++) out[i] = a->xmid[i] + a->tmp[i];
 }
 
 float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
@@ -600,10 +565,11 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
         if (wsum_out) *wsum_out = 0;
         return NAN; /* the message is in lg_last_error() */
     }
+    const int training = m->training != 0, pack = !training;
 
     float *x = m->acts[0].x;
-    lg_w_embed(m, x, b->inputs, m->wte, N, C);
-    if (gpt2) ops->posemb_forward(x, m->wpe->data, B, T, C, 0);
+    ops->embedding_forward(ops, x, b->inputs, lg_param_weight(m->wte, 0), N, C);
+    if (gpt2) ops->posemb_forward(ops, x, m->wpe->data, B, T, C, 0);
 
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *a = &m->acts[l];
@@ -611,7 +577,7 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
         if (m->training == LG_PLAN_RECOMPUTE) drop_counters(m, l, 0);
         float *next = (l + 1 < c->n_layers) ? m->acts[l + 1].x : m->x_final;
         if (next == a->x) next = m->x_final; /* inference plan: one layer buffer reused */
-        block_fwd(m, l, B, T, next);
+        lg_block_forward(m, l, a, B, T, NULL, training, next);
         x = next;
     }
     if (x != m->x_final) memcpy(m->x_final, x, (size_t)N * C * sizeof(float));
@@ -620,26 +586,29 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     for (int i = 0; i < N; i++) wsum += b->weight[i];
     if (wsum_out) *wsum_out = wsum;
     const int V = c->vocab_size;
+    const lg_weight head = lg_param_weight(m->lm_head, pack);
     double nll = 0;
     if (m->logit_rows < N) {
         /* Blocked (training, frozen head): per block of rows, logits -> loss and
          * d(sum w·nll)/dlogits in place -> dlogit_x = that gradient times W (unscaled; backward
          * applies its loss scale). The block stays in cache between the three passes. */
-        for (int i0 = 0; i0 < N; i0 += m->logit_rows) { /* (a bf16 head is expanded per block) */
+        memset(m->dlogit_x, 0, (size_t)N * C * sizeof(float));
+        for (int i0 = 0; i0 < N; i0 += m->logit_rows) {
             const int nr = LG_MIN(m->logit_rows, N - i0);
-            lg_w_forward(m, m->logits, m->xnf + (int64_t)i0 * C, m->lm_head, NULL, nr, C, V);
-            nll += ops->cross_entropy(m->logits, b->targets + i0, b->weight + i0, nr, V, 1.0f, 1);
-            lg_w_backward_dx(m, m->dlogit_x + (int64_t)i0 * C, m->logits, m->lm_head, nr, C, V, 1.0f, 0.0f);
+            ops->linear_forward(ops, m->logits, m->xnf + (int64_t)i0 * C, head, NULL, nr, C, V);
+            nll += ops->cross_entropy(ops, m->logits, b->targets + i0, b->weight + i0, nr, V, 1.0f, 1);
+            ops->linear_backward(ops, m->dlogit_x + (int64_t)i0 * C, NULL, NULL, m->logits, NULL, head, nr, C, V,
+                                 1.0f);
         }
         m->dlogit_ready = 1;
         m->logits_hold_grad = 0;
         return wsum > 0 ? (float)(nll / wsum) : NAN;
     }
-    lg_w_forward(m, m->logits, m->xnf, m->lm_head, NULL, N, C, V);
+    ops->linear_forward(ops, m->logits, m->xnf, head, NULL, N, C, V);
     /* Training: loss and d(sum w·nll)/dlogits in one pass over the logits (in place; backward
      * applies its loss scale in the lm_head GEMMs). Inference: the logits stay readable. */
-    nll = ops->cross_entropy(m->logits, b->targets, b->weight, N, V, 1.0f, m->training != 0);
-    m->logits_hold_grad = m->training != 0;
+    nll = ops->cross_entropy(ops, m->logits, b->targets, b->weight, N, V, 1.0f, training);
+    m->logits_hold_grad = training;
     m->dlogit_ready = 0;
     return wsum > 0 ? (float)(nll / wsum) : NAN;
 }
@@ -659,7 +628,7 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
     size_t NC = (size_t)N * C * sizeof(float), NF = (size_t)N * F * sizeof(float);
 
     /* loss -> logits -> final norm. The training forward left d(sum w·nll)/dlogits in the logits;
-     * loss_scale is applied as the GEMMs' alpha (dX = s·dL W, dW += s·dL^T X). */
+     * loss_scale is applied as the GEMMs' scale (dX = s·dL W, dW += s·dL^T X). */
     const int V = c->vocab_size;
     if (m->dlogit_ready) { /* blocked forward: dlogit_x holds the unscaled gradient */
         const int64_t nc = (int64_t)N * C;
@@ -667,10 +636,10 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
 #pragma omp parallel for simd schedule(static) if (nc > 65536)
         for (int64_t i = 0; i < nc; i++) d[i] *= loss_scale;
     } else {
-        if (!m->logits_hold_grad) ops->cross_entropy(m->logits, b->targets, b->weight, N, V, 1.0f, 1);
-        lg_w_backward_dx(m, m->dlogit_x, m->logits, m->lm_head, N, C, V, loss_scale, 0.0f);
-        if (m->lm_head->grad)
-            ops->gemm(1, 0, V, C, N, loss_scale, m->logits, V, m->xnf, C, 1.0f, m->lm_head->grad, C);
+        if (!m->logits_hold_grad) ops->cross_entropy(ops, m->logits, b->targets, b->weight, N, V, 1.0f, 1);
+        memset(m->dlogit_x, 0, NC);
+        ops->linear_backward(ops, m->dlogit_x, m->lm_head->grad, NULL, m->logits, m->xnf,
+                             lg_param_weight(m->lm_head, 0), N, C, V, loss_scale);
     }
     m->logits_hold_grad = 0;
     m->dlogit_ready = 0;
@@ -684,7 +653,7 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
          * others are replayed from their saved input, with the forward's dropout masks. */
         if (m->training == LG_PLAN_RECOMPUTE && l < c->n_layers - 1) {
             drop_counters(m, l, 1);
-            block_fwd(m, l, B, T, NULL);
+            lg_block_forward(m, l, a, B, T, NULL, 1, NULL);
         }
         /* MLP: x' = xmid + down(h); dres is d x' and becomes d xmid */
         memset(m->dh, 0, NF);
@@ -692,11 +661,11 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
         memset(m->dup, 0, NF);
         memset(m->dxn, 0, NC);
         if (gpt2) {
-            ops->gelu_backward(m->dup, m->dh, a->up, (long)N * F);
+            ops->gelu_backward(ops, m->dup, m->dh, a->up, (long)N * F);
             linear_bwd(m, &y->up, m->dxn, m->dup, a->xn2, N);
         } else {
             memset(m->dgate, 0, NF);
-            ops->swiglu_backward(m->dgate, m->dup, m->dh, a->gate, a->up, (long)N * F);
+            ops->swiglu_backward(ops, m->dgate, m->dup, m->dh, a->gate, a->up, (long)N * F);
             linear_bwd(m, &y->gate, m->dxn, m->dgate, a->xn2, N);
             linear_bwd(m, &y->up, m->dxn, m->dup, a->xn2, N);
         }
@@ -709,25 +678,25 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
         if (gpt2) {
             float *dqkv = m->dq;
             memset(dqkv, 0, (size_t)N * 3 * C * sizeof(float));
-            ops->attention_backward(dqkv, dqkv + C, dqkv + 2 * C, m->datt, a->q, 3 * C, a->k, 3 * C, a->v, 3 * C,
-                                    a->probs, B, T, H, KV, hd);
+            ops->attention_backward(ops, dqkv, dqkv + C, dqkv + 2 * C, m->datt, a->q, 3 * C, a->k, 3 * C, a->v,
+                                    3 * C, a->probs, B, T, H, KV, hd);
             linear_bwd(m, &y->qkv, m->dxn, dqkv, a->xn1, N);
         } else {
             memset(m->dq, 0, (size_t)N * qd * sizeof(float));
             memset(m->dk, 0, (size_t)N * kvd * sizeof(float));
             memset(m->dv, 0, (size_t)N * kvd * sizeof(float));
-            ops->attention_backward(m->dq, m->dk, m->dv, m->datt, a->q, qd, a->k, kvd, a->v, kvd, a->probs, B, T, H,
-                                    KV, hd);
+            ops->attention_backward(ops, m->dq, m->dk, m->dv, m->datt, a->q, qd, a->k, kvd, a->v, kvd, a->probs, B,
+                                    T, H, KV, hd);
             memset(m->dq2, 0, (size_t)N * qd * sizeof(float));
             memset(m->dk2, 0, (size_t)N * kvd * sizeof(float));
-            ops->rope_backward(m->dq2, m->dq, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
-            ops->rope_backward(m->dk2, m->dk, kvd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+            ops->rope_backward(ops, m->dq2, m->dq, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
+            ops->rope_backward(ops, m->dk2, m->dk, kvd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
             linear_bwd(m, &y->q, m->dxn, m->dq2, a->xn1, N);
             linear_bwd(m, &y->k, m->dxn, m->dk2, a->xn1, N);
             linear_bwd(m, &y->v, m->dxn, m->dv, a->xn1, N);
         }
         norm_bwd(m, m->dres, m->dxn, a->x, y->norm1_w, y->norm1_b, a->mean1, a->rstd1, N);
     }
-    if (m->wte->grad) ops->embedding_backward(m->wte->grad, m->dres, b->inputs, N, C);
-    if (gpt2 && m->wpe->grad) ops->posemb_backward(m->wpe->grad, m->dres, B, T, C, 0);
+    if (m->wte->grad) ops->embedding_backward(ops, m->wte->grad, m->dres, b->inputs, N, C);
+    if (gpt2 && m->wpe->grad) ops->posemb_backward(ops, m->wpe->grad, m->dres, B, T, C, 0);
 }

@@ -21,6 +21,7 @@ typedef struct {
     float *data;       /* NULL when stored as bf16 (below) */
     float *grad;       /* NULL: frozen */
     uint16_t *bf16;    /* non-NULL: a frozen weight stored as bfloat16 (lg_model_store_frozen_bf16) */
+    void *packed;      /* the backend's prepacked copy for inference (NULL: none yet; lg_model_unpack) */
     int conv1d;        /* GPT-2 Conv1D: stored (in, out) in files, transposed on load/save */
 } lg_param;
 
@@ -55,13 +56,25 @@ typedef struct {
     int (*has)(void *ctx, const char *name);
 } lg_weight_src;
 
+/* How a model computes; zero-initialised = the defaults. */
+typedef struct lg_model_opts {
+    lg_precision precision; /* of the linear layers (ops.h); AUTO resolves as lg_precision_resolve */
+} lg_model_opts;
+
 /* Load a model: a Hugging Face directory (config.json + safetensors), a GGUF file (.gguf,
- * dequantised to float32) or a llama2.c .bin. */
-int lg_model_load(const char *path, lg_model **out);
+ * dequantised to float32) or a llama2.c .bin. opts NULL: float32. */
+int lg_model_load(const char *path, const lg_model_opts *opts, lg_model **out);
 /* Build from a config and a weight source (used by the loaders); src NULL = random init
- * (normal std 0.02, norms 1) from seed, for tests. */
-int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed, lg_model **out);
+ * (normal std 0.02, norms 1) from seed, for tests. The compute backend is created here. */
+int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed, const lg_model_opts *opts,
+                    lg_model **out);
 void lg_model_free(lg_model *m);
+
+/* The backend the model computes with (its precision included). */
+const lg_ops *lg_model_ops(const lg_model *m);
+/* Drop the backend's prepacked copies of the weights: call after changing a weight's values in
+ * place (LoRA-GA/PiSSA offsets, merges). */
+void lg_model_unpack(lg_model *m);
 
 const lg_config *lg_model_config(const lg_model *m);
 int lg_model_n_params(const lg_model *m);

@@ -24,11 +24,21 @@ typedef struct {
     float *mean2, *rstd2;
     float *gate, *up; /* LLaMA: (N, F) each; GPT-2: up = pre-GELU (N, F) */
     float *h;       /* (N, F) */
+    float *tmp;     /* (N, C) an output projection before the residual add (shared by layers) */
 } layer_acts;
+
+/* Where a block's attention finds keys and values: the batch itself (NULL: training and
+ * whole-sequence inference, B x T causal), or a cache of earlier positions (generate): the
+ * layer's K and V rows (keys after RoPE), positions 0 .. pos0-1 already filled; the block writes
+ * its n new rows at pos0 and attends over 0 .. pos0 + i. */
+typedef struct {
+    float *K, *V; /* (cap, KV*hd) */
+    int pos0;
+} lg_kv_view;
 
 struct lg_model {
     lg_config cfg;
-    const lg_ops *ops;
+    lg_ops *ops; /* owned: created with the model */
     int nparams;
     lg_param *params;
     float *param_mem;
@@ -58,17 +68,22 @@ struct lg_model {
     int logit_rows;                 /* rows of logits held: N, or a block (training, frozen head) */
     int64_t logit_block_floats;     /* the block's size in floats (tests lower it) */
     int dlogit_ready;               /* a blocked forward left the unscaled dL/dxnf in dlogit_x */
-    /* bf16 storage of frozen weights (lg_model_store_frozen_bf16) */
-    uint16_t *bf16_mem;
-    float *wblock;                  /* float32 rows of one bf16 weight */
-    int64_t wblock_floats;          /* rows converted at a time <= this / in (tests lower it) */
+    uint16_t *bf16_mem; /* bf16 storage of frozen weights (lg_model_store_frozen_bf16) */
 };
 
-/* Base GEMMs of a weight in either storage (model.c; generate.c uses them too):
- * y (N x out) = x (N x in) W^T (+ b);   dx (N x in) = alpha dy (N x out) W + beta dx. */
-void lg_w_forward(lg_model *m, float *y, const float *x, const lg_param *w, const float *b, int N, int in, int out);
-void lg_w_backward_dx(lg_model *m, float *dx, const float *dy, const lg_param *w, int N, int in, int out, float alpha,
-                      float beta);
-void lg_w_embed(lg_model *m, float *out, const int *ids, const lg_param *table, int N, int C);
+/* A parameter as the kernels read it. pack: the backend may keep a prepacked copy (inference on
+ * a frozen weight; lg_model_unpack drops them). */
+static inline lg_weight lg_param_weight(lg_param *p, int pack) {
+    return (lg_weight){p->data, p->bf16, pack && !p->grad ? &p->packed : NULL};
+}
+
+/* Block l of the decoder on a (rows of its input in a->x): training and whole-sequence inference
+ * (kv NULL; B x T), or incremental over a key/value cache (kv; B = 1, T new positions). training:
+ * adapters apply dropout. out (NULL: stop after the MLP's activation, for a replay in backward)
+ * receives the block's output and may be a->x. Shared by model.c and generate.c. */
+void lg_block_forward(lg_model *m, int l, layer_acts *a, int B, int T, const lg_kv_view *kv, int training,
+                      float *out);
+/* The final norm (N rows of x into xn) and the LM head, as the forward uses them. */
+void lg_final_norm(lg_model *m, float *xn, float *mean, float *rstd, const float *x, int N);
 
 #endif

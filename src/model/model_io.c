@@ -31,7 +31,7 @@ static int check_budget(const char *path, const lg_config *cfg, int64_t have) {
                      cfg->hidden_dim, (long long)have);
 }
 
-int lg_model_load(const char *path, lg_model **out) {
+int lg_model_load(const char *path, const lg_model_opts *opts, lg_model **out) {
     *out = NULL;
     lg_config cfg;
     if (lg_is_dir(path)) {
@@ -42,7 +42,7 @@ int lg_model_load(const char *path, lg_model **out) {
         for (int i = 0; i < lg_st_count(st); i++) have += lg_st_get(st, i)->numel;
         lg_weight_src src = {st, st_read, st_has};
         int rc = check_budget(path, &cfg, have);
-        if (!rc && (rc = lg_model_create(&cfg, &src, 0, out)) != 0) lg_errorf_prefix("%s", path);
+        if (!rc && (rc = lg_model_create(&cfg, &src, 0, opts, out)) != 0) lg_errorf_prefix("%s", path);
         lg_st_close(st);
         return rc;
     }
@@ -58,13 +58,13 @@ int lg_model_load(const char *path, lg_model **out) {
         int64_t have = 0;
         for (int i = 0; i < lg_gguf_n_tensors(g); i++) have += lg_gguf_tensor_at(g, i)->numel;
         int rc = check_budget(path, &cfg, have);
-        if (!rc && (rc = lg_model_create(&cfg, &src, 0, out)) != 0) lg_errorf_prefix("%s", path);
+        if (!rc && (rc = lg_model_create(&cfg, &src, 0, opts, out)) != 0) lg_errorf_prefix("%s", path);
         lg_gguf_model_close(&src);
         lg_gguf_close(g);
         return rc;
     }
     if (lg_llama2c_open(path, &cfg, &src) != 0) return -1; /* its size is checked against its header */
-    int rc = lg_model_create(&cfg, &src, 0, out);
+    int rc = lg_model_create(&cfg, &src, 0, opts, out);
     lg_llama2c_close(&src);
     return rc;
 }

@@ -1,14 +1,20 @@
-/* ops_cpu.c — the CPU backend of lg_ops: OpenBLAS for every matrix product, OpenMP for the
- * rest. Shapes are in the comment above each kernel; see ops.h for the contract (forward
- * overwrites, backward accumulates, NULL gradient = skip). */
+/* ops_cpu.c — the CPU backend of lg_ops: oneDNN or OpenBLAS for the matrix products (whichever is
+ * faster for the shape, measured: docs/performance.md), bf16 GEMMs on oneDNN where the CPU has
+ * bf16 units, LAPACK for the factorisations, OpenMP for the rest. Shapes are in the comment above
+ * each kernel; see ops.h for the contract (forward overwrites, backward accumulates, NULL
+ * gradient = skip). */
 #include "ops/ops.h"
 
 #include <cblas.h>
+#include <lapacke.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/util.h"
+#include "ops/dnnl_matmul.h"
+#include "ops/ops_cpu.h"
 
 /* Below this many scalar operations a parallel region costs more than it saves. */
 #define PAR_MIN 32768L
@@ -17,12 +23,90 @@
 /* Query rows per attention block: scores are only computed for keys 0..r1 of a block,
  * so the causal mask wastes at most one block's worth of GEMM work. */
 #define ATT_BLOCK 64
+/* Floats of a bf16 weight expanded at a time for a float32 GEMM: big enough for the GEMM to run
+ * at full speed (>= 256 rows of a 4096-wide matrix), small enough to stay in L2/L3. */
+#define WBLOCK_FLOATS ((long)1 << 20)
 
-/* ---- GEMM / linear ------------------------------------------------------------ */
+/* Which library runs a float32 product (LORAGA_GEMM=openblas|onednn|auto). */
+enum { GEMM_AUTO = 0, GEMM_OPENBLAS = 1, GEMM_ONEDNN = 2 };
 
-/* C (M x N) = alpha op(A) op(B) + beta C, row-major. */
-static void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A,
-                     int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+/* The backend's state: the oneDNN primitive cache and the conversion scratch, grown to the
+ * largest operand seen and reused (a training step allocates nothing after the first). */
+typedef struct {
+    lg_dnnl *dnnl; /* NULL: oneDNN unavailable */
+    int gemm_lib;  /* GEMM_* */
+    int pack;      /* keep prepacked weights: -1 never, 1 always (LORAGA_PACK), 0 when bf16 is native */
+    uint16_t *h16[2];
+    size_t h16_cap[2]; /* bf16 operands (native path) */
+    float *r32[2];
+    size_t r32_cap[2]; /* bf16-rounded float32 operands (emulated path) */
+    float *wblk;       /* WBLOCK_FLOATS: weight rows as float32 */
+    long wblock_floats; /* rows converted at a time <= this / cols (<= WBLOCK_FLOATS; tests lower it) */
+    char desc[160];
+} cpu_state;
+
+static cpu_state *state(const lg_ops *o) { return o ? (cpu_state *)o->impl : NULL; }
+
+static uint16_t *scratch16(cpu_state *s, int i, size_t n) {
+    if (n > s->h16_cap[i]) {
+        lg_aligned_free(s->h16[i]);
+        s->h16[i] = lg_aligned_alloc(n * sizeof(uint16_t));
+        s->h16_cap[i] = n;
+    }
+    return s->h16[i];
+}
+
+static float *scratch32(cpu_state *s, int i, size_t n) {
+    if (n > s->r32_cap[i]) {
+        lg_aligned_free(s->r32[i]);
+        s->r32[i] = lg_aligned_alloc(n * sizeof(float));
+        s->r32_cap[i] = n;
+    }
+    return s->r32[i];
+}
+
+/* ---- bfloat16 rounding ------------------------------------------------------------ */
+
+/* Round to nearest even on the bits (NaN kept a quiet NaN): the vectoriser turns this into
+ * a few integer instructions per lane. */
+static inline uint32_t bf16_round_bits(uint32_t u) {
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u | 0x00400000u) & 0xffff0000u; /* NaN */
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
+void lg_round_bf16(uint16_t *dst, const float *src, long n) {
+#pragma omp parallel for simd schedule(static) if (n >= 4 * PAR_MIN && !omp_in_parallel())
+    for (long i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], sizeof u);
+        dst[i] = (uint16_t)(bf16_round_bits(u) >> 16);
+    }
+}
+
+void lg_round_bf16_f32(float *dst, const float *src, long n) {
+#pragma omp parallel for simd schedule(static) if (n >= 4 * PAR_MIN && !omp_in_parallel())
+    for (long i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], sizeof u);
+        u = bf16_round_bits(u);
+        memcpy(&dst[i], &u, sizeof u);
+    }
+}
+
+static void bf16_expand(float *dst, const uint16_t *src, long n) {
+#pragma omp parallel for simd schedule(static) if (n >= 4 * PAR_MIN && !omp_in_parallel())
+    for (long i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &u, sizeof u);
+    }
+}
+
+/* ---- GEMM ------------------------------------------------------------------------- */
+
+/* OpenBLAS, C (M x N) = alpha op(A) op(B) + beta C, row-major. Inside a parallel region the
+ * OpenMP build of OpenBLAS runs single-threaded, which is what the callers there want. */
+static void blas_sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) { /* BLAS would read nothing from A/B; keep the beta semantics explicit */
         for (int i = 0; i < M; i++)
@@ -32,29 +116,172 @@ static void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, c
             }
         return;
     }
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans,
-                transB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* y (N x out) = x (N x in) W^T + b;  W (out x in), b (out) or NULL. */
-static void cpu_linear_forward(float *y, const float *x, const float *W, const float *b, int N,
-                               int in, int out) {
-    cpu_gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+/* Skinny products (one side <= 32, the LoRA ranks): OpenBLAS's own threading of such shapes
+ * costs more than it saves, so the threads split the output instead, each running a
+ * single-threaded GEMM on its slice (no slice overlaps another: no reduction, and the result
+ * does not depend on the thread count). */
+static void blas_sgemm_split(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                             const float *B, int ldb, float beta, float *C, int ldc) {
+    const int by_cols = N >= M, span = by_cols ? N : M;
+    const int nt = (long)M * N * K >= 262144 ? LG_MIN(omp_get_max_threads(), LG_MAX(1, span / 16)) : 1;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const int s0 = (int)((long)span * t / n), s1 = (int)((long)span * (t + 1) / n);
+        if (s1 > s0) {
+            if (by_cols)
+                blas_sgemm(tA, tB, M, s1 - s0, K, alpha, A, lda, tB ? B + (long)s0 * ldb : B + s0, ldb, beta, C + s0,
+                           ldc);
+            else
+                blas_sgemm(tA, tB, s1 - s0, N, K, alpha, tA ? A + s0 : A + (long)s0 * lda, lda, B, ldb, beta,
+                           C + (long)s0 * ldc, ldc);
+        }
+    }
+}
+
+/* oneDNN's float32 GEMM (measured faster on every training shape here, most on the skinny ones);
+ * OpenBLAS for a single row (decoding: oneDNN wakes its threads for a product that takes less
+ * time than that), and inside parallel regions (the cache is not thread-safe). */
+static int use_dnnl_f32(const cpu_state *s, int M, int N, int K) {
+    if (!s || !s->dnnl || s->gemm_lib == GEMM_OPENBLAS || omp_in_parallel()) return 0;
+    if (s->gemm_lib == GEMM_ONEDNN) return 1;
+    return M > 1 && N > 1;
+}
+
+static void cpu_gemm(const lg_ops *o, int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    cpu_state *s = state(o);
+    if (K > 0 && use_dnnl_f32(s, M, N, K) &&
+        lg_dnnl_matmul(s->dnnl, LG_MM_F32, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) == 0)
+        return;
+    if (K > 0 && LG_MIN(M, N) <= 32 && !omp_in_parallel())
+        blas_sgemm_split(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        blas_sgemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_dgemm(const lg_ops *o, int tA, int tB, int M, int N, int K, double alpha, const double *A, int lda,
+                      const double *B, int ldb, double beta, double *C, int ldc) {
+    if (M <= 0 || N <= 0 || K <= 0) return;
+    cblas_dgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                lda, B, ldb, beta, C, ldc);
+}
+
+/* ---- linear layers ------------------------------------------------------------------ */
+
+static void add_bias(float *y, const float *b, int N, int out) {
     if (!b) return;
 #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN)
     for (int i = 0; i < N; i++) {
         float *yi = y + (long)i * out;
-        for (int o = 0; o < out; o++) yi[o] += b[o];
+        for (int k = 0; k < out; k++) yi[k] += b[k];
     }
 }
 
-/* dx (N x in) += dy (N x out) W (out x in);  dW (out x in) += dy^T x;  db (out) += colsum(dy). */
-static void cpu_linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x,
-                                const float *W, int N, int in, int out) {
-    if (dx) cpu_gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, 1.0f, dx, in);
-    if (dW) cpu_gemm(1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
-    if (!db) return;
-    /* Threads own disjoint column blocks and walk all rows: no race, contiguous reads. */
+/* Rows [r0, r0 + nr) of W (cols wide) as float32 in the block scratch: expanded from bf16
+ * storage, or (round) rounded to bf16 values from float32 storage. */
+static const float *w_rows(cpu_state *s, lg_weight W, int r0, int nr, int cols, int round) {
+    const long off = (long)r0 * cols, n = (long)nr * cols;
+    if (W.bf16) bf16_expand(s->wblk, W.bf16 + off, n);
+    else if (round) lg_round_bf16_f32(s->wblk, W.f32 + off, n);
+    else return W.f32 + off;
+    return s->wblk;
+}
+
+static int wblock_rows(const cpu_state *s, int cols) { return (int)LG_MAX(1, s->wblock_floats / cols); }
+
+/* A weight whose products need its rows converted (bf16 storage, or bf16 precision emulated). */
+static int w_converted(const cpu_state *s, lg_weight W, int round) { return s && (W.bf16 || round); }
+
+/* bf16 products on oneDNN (native): both inputs as bf16, float32 out. -1: not possible here. */
+static const uint16_t *w_as_bf16(cpu_state *s, lg_weight W, long n) {
+    if (W.bf16) return W.bf16;
+    uint16_t *w = scratch16(s, 1, (size_t)n); /* trainable weights change every step */
+    lg_round_bf16(w, W.f32, n);
+    return w;
+}
+
+static int native_bf16(const lg_ops *o) {
+    const cpu_state *s = state(o);
+    return o && o->precision == LG_PREC_BF16 && o->bf16_native && s && s->dnnl && !omp_in_parallel();
+}
+
+/* The prepacked forward operand of W, made on first use; NULL when there is none. */
+static char g_nopack; /* a packed slot holding &g_nopack: tried, nothing to gain, do not try again */
+
+static const void *w_packed(const lg_ops *o, lg_weight W, int N, int in, int out) {
+    cpu_state *s = state(o);
+    if (!W.packed || !s || !s->dnnl || s->pack < 0) return NULL;
+    const int bf = o->precision == LG_PREC_BF16;
+    if (!s->pack && !(bf && o->bf16_native && W.bf16)) return NULL;
+    if (!*W.packed) {
+        void *p = NULL;
+        if (bf && o->bf16_native) p = lg_dnnl_pack(s->dnnl, LG_MM_BF16, in, out, w_as_bf16(s, W, (long)in * out), N);
+        else if (!bf && W.f32) p = lg_dnnl_pack(s->dnnl, LG_MM_F32, in, out, W.f32, N);
+        *W.packed = p ? p : (void *)&g_nopack;
+    }
+    return *W.packed == (void *)&g_nopack ? NULL : *W.packed;
+}
+
+static void cpu_release_packed(const lg_ops *o, void *packed) {
+    (void)o;
+    if (packed && packed != (void *)&g_nopack) lg_dnnl_packed_free(packed);
+}
+
+/* y (N x out) = x (N x in) W^T + b in o->precision;  W (out x in), b (out) or NULL. */
+static void cpu_linear_forward(const lg_ops *o, float *y, const float *x, lg_weight W, const float *b, int N, int in,
+                               int out) {
+    if (N <= 0 || out <= 0) return;
+    cpu_state *s = state(o);
+    const int bf = o && o->precision == LG_PREC_BF16;
+    const void *pk = w_packed(o, W, N, in, out);
+    if (pk) {
+        const void *xa = x;
+        if (bf) {
+            uint16_t *x16 = scratch16(s, 0, (size_t)N * in);
+            lg_round_bf16(x16, x, (long)N * in);
+            xa = x16;
+        }
+        if (lg_dnnl_matmul_packed(s->dnnl, N, 1.0f, xa, in, pk, 0.0f, y, out) == 0) {
+            add_bias(y, b, N, out);
+            return;
+        }
+    }
+    if (native_bf16(o)) {
+        uint16_t *x16 = scratch16(s, 0, (size_t)N * in);
+        lg_round_bf16(x16, x, (long)N * in);
+        if (lg_dnnl_matmul(s->dnnl, LG_MM_BF16, 0, 1, N, out, in, 1.0f, x16, in, w_as_bf16(s, W, (long)in * out), in,
+                           0.0f, y, out) == 0) {
+            add_bias(y, b, N, out);
+            return;
+        }
+    }
+    const float *xr = x;
+    if (bf) { /* emulated bf16: the inputs' rounding, float32 products */
+        float *t = scratch32(s, 0, (size_t)N * in);
+        lg_round_bf16_f32(t, x, (long)N * in);
+        xr = t;
+    }
+    if (!w_converted(s, W, bf)) {
+        cpu_gemm(o, 0, 1, N, out, in, 1.0f, xr, in, W.f32, in, 0.0f, y, out);
+    } else {
+        const int step = wblock_rows(s, in);
+        for (int r0 = 0; r0 < out; r0 += step) { /* y[:, r0:r0+nr] = x W[r0:r0+nr]^T */
+            const int nr = LG_MIN(step, out - r0);
+            cpu_gemm(o, 0, 1, N, nr, in, 1.0f, xr, in, w_rows(s, W, r0, nr, in, bf), in, 0.0f, y + r0, out);
+        }
+    }
+    add_bias(y, b, N, out);
+}
+
+/* db (out) += scale colsum(dy): threads own disjoint column blocks and walk all rows (no race,
+ * contiguous reads). */
+static void col_sums(float *db, const float *dy, int N, int out, float scale) {
     int nblk = (out + COL_BLOCK - 1) / COL_BLOCK;
 #pragma omp parallel for schedule(static) if ((long)N * out >= PAR_MIN && nblk > 1)
     for (int blk = 0; blk < nblk; blk++) {
@@ -62,24 +289,93 @@ static void cpu_linear_backward(float *dx, float *dW, float *db, const float *dy
         float acc[COL_BLOCK] = {0};
         for (int i = 0; i < N; i++) {
             const float *dyi = dy + (long)i * out;
-            for (int o = o0; o < o1; o++) acc[o - o0] += dyi[o];
+            for (int k = o0; k < o1; k++) acc[k - o0] += dyi[k];
         }
-        for (int o = o0; o < o1; o++) db[o] += acc[o - o0];
+        for (int k = o0; k < o1; k++) db[k] += scale * acc[k - o0];
     }
+}
+
+/* dx (N x in) += scale dy (N x out) W (out x in);  dW (out x in) += scale dy^T x;
+ * db (out) += scale colsum(dy). */
+static void cpu_linear_backward(const lg_ops *o, float *dx, float *dW, float *db, const float *dy, const float *x,
+                                lg_weight W, int N, int in, int out, float scale) {
+    if (db) col_sums(db, dy, N, out, scale);
+    if ((!dx && !dW) || N <= 0) return;
+    cpu_state *s = state(o);
+    const int bf = o && o->precision == LG_PREC_BF16;
+    if (native_bf16(o)) {
+        uint16_t *d16 = scratch16(s, 0, (size_t)N * out);
+        lg_round_bf16(d16, dy, (long)N * out);
+        int done_dx = !dx, done_dW = !dW;
+        if (dx)
+            done_dx = lg_dnnl_matmul(s->dnnl, LG_MM_BF16, 0, 0, N, in, out, scale, d16, out,
+                                     w_as_bf16(s, W, (long)in * out), in, 1.0f, dx, in) == 0;
+        if (dW) {
+            uint16_t *x16 = scratch16(s, 1, (size_t)N * in);
+            lg_round_bf16(x16, x, (long)N * in);
+            done_dW = lg_dnnl_matmul(s->dnnl, LG_MM_BF16, 1, 0, out, in, N, scale, d16, out, x16, in, 1.0f, dW, in) == 0;
+        }
+        if (done_dx && done_dW) return;
+        if (done_dx) dx = NULL; /* finish what oneDNN could not do below */
+        if (done_dW) dW = NULL;
+    }
+    const float *dyr = dy, *xr = x;
+    if (bf) {
+        float *t = scratch32(s, 0, (size_t)N * out);
+        lg_round_bf16_f32(t, dy, (long)N * out);
+        dyr = t;
+        if (dW) {
+            float *u = scratch32(s, 1, (size_t)N * in);
+            lg_round_bf16_f32(u, x, (long)N * in);
+            xr = u;
+        }
+    }
+    if (dx) {
+        if (!w_converted(s, W, bf)) {
+            cpu_gemm(o, 0, 0, N, in, out, scale, dyr, out, W.f32, in, 1.0f, dx, in);
+        } else {
+            const int step = wblock_rows(s, in);
+            for (int r0 = 0; r0 < out; r0 += step) { /* dx += dy[:, r0:r0+nr] W[r0:r0+nr] */
+                const int nr = LG_MIN(step, out - r0);
+                cpu_gemm(o, 0, 0, N, in, nr, scale, dyr + r0, out, w_rows(s, W, r0, nr, in, bf), in, 1.0f, dx, in);
+            }
+        }
+    }
+    if (dW) cpu_gemm(o, 1, 0, out, in, N, scale, dyr, out, xr, in, 1.0f, dW, in);
+}
+
+/* ---- dense linear algebra ----------------------------------------------------------- */
+
+static int cpu_orthonormalize(const lg_ops *o, int rows, int cols, double *X) {
+    double *tau = lg_malloc((size_t)LG_MAX(1, cols) * sizeof(double));
+    int rc = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, rows, cols, X, cols, tau);
+    if (!rc) rc = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, rows, cols, cols, X, cols, tau);
+    free(tau);
+    return rc;
+}
+
+static int cpu_svd(const lg_ops *o, int rows, int cols, double *X, double *S, double *U, double *Vt) {
+    return LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', rows, cols, X, cols, S, U, LG_MIN(rows, cols), Vt, cols);
+}
+
+static int cpu_lstsq(const lg_ops *o, int rows, int cols, int nrhs, double *A, double *B) {
+    return LAPACKE_dgels(LAPACK_ROW_MAJOR, 'N', rows, cols, nrhs, A, cols, B, nrhs);
 }
 
 /* ---- embeddings ------------------------------------------------------------------ */
 
 /* out (N x C) = table[ids[i]] (table V x C). */
-static void cpu_embedding_forward(float *out, const int *ids, const float *table, int N, int C) {
+static void cpu_embedding_forward(const lg_ops *o, float *out, const int *ids, lg_weight table, int N, int C) {
 #pragma omp parallel for schedule(static) if ((long)N * C >= PAR_MIN)
-    for (int i = 0; i < N; i++)
-        memcpy(out + (long)i * C, table + (long)ids[i] * C, (size_t)C * sizeof(float));
+    for (int i = 0; i < N; i++) {
+        if (table.bf16) bf16_expand(out + (long)i * C, table.bf16 + (long)ids[i] * C, C);
+        else memcpy(out + (long)i * C, table.f32 + (long)ids[i] * C, (size_t)C * sizeof(float));
+    }
 }
 
 /* dtable (V x C)[ids[i]] += dout (N x C)[i]. The same id may repeat, so threads split the
  * columns, never the rows. */
-static void cpu_embedding_backward(float *dtable, const float *dout, const int *ids, int N, int C) {
+static void cpu_embedding_backward(const lg_ops *o, float *dtable, const float *dout, const int *ids, int N, int C) {
     int nblk = (C + COL_BLOCK - 1) / COL_BLOCK;
 #pragma omp parallel for schedule(static) if ((long)N * C >= PAR_MIN && nblk > 1)
     for (int blk = 0; blk < nblk; blk++) {
@@ -93,17 +389,17 @@ static void cpu_embedding_backward(float *dtable, const float *dout, const int *
 }
 
 /* out (B, T, C) += wpe[pos0 + t] (wpe max_pos x C). */
-static void cpu_posemb_forward(float *out, const float *wpe, int B, int T, int C, int pos0) {
+static void cpu_posemb_forward(const lg_ops *o, float *out, const float *wpe, int B, int T, int C, int pos0) {
 #pragma omp parallel for schedule(static) if ((long)B * T * C >= PAR_MIN)
     for (int bt = 0; bt < B * T; bt++) {
-        float *o = out + (long)bt * C;
+        float *ob = out + (long)bt * C;
         const float *p = wpe + (long)(pos0 + bt % T) * C;
-        for (int c = 0; c < C; c++) o[c] += p[c];
+        for (int c = 0; c < C; c++) ob[c] += p[c];
     }
 }
 
 /* dwpe[pos0 + t] += sum_b dout[b, t]; each thread owns some positions t. */
-static void cpu_posemb_backward(float *dwpe, const float *dout, int B, int T, int C, int pos0) {
+static void cpu_posemb_backward(const lg_ops *o, float *dwpe, const float *dout, int B, int T, int C, int pos0) {
 #pragma omp parallel for schedule(static) if ((long)B * T * C >= PAR_MIN)
     for (int t = 0; t < T; t++) {
         float *d = dwpe + (long)(pos0 + t) * C;
@@ -117,7 +413,7 @@ static void cpu_posemb_backward(float *dwpe, const float *dout, int B, int T, in
 /* ---- norms ----------------------------------------------------------------------- */
 
 /* out (N x C) = x * rstd * w;  rstd (N) = 1/sqrt(mean(x^2) + eps). */
-static void cpu_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N,
+static void cpu_rmsnorm_forward(const lg_ops *o, float *out, float *rstd, const float *x, const float *w, int N,
                                 int C, float eps) {
 #pragma omp parallel for schedule(static) if ((long)N * C >= PAR_MIN)
     for (int i = 0; i < N; i++) {
@@ -132,7 +428,7 @@ static void cpu_rmsnorm_forward(float *out, float *rstd, const float *x, const f
 }
 
 /* dx += r (g w - x r^2 mean(g w x));  dw += sum_rows g x r.  (g = dout, all N x C.) */
-static void cpu_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+static void cpu_rmsnorm_backward(const lg_ops *o, float *dx, float *dw, const float *dout, const float *x,
                                  const float *w, const float *rstd, int N, int C) {
     if (dx) {
 #pragma omp parallel for schedule(static) if ((long)N * C >= PAR_MIN)
@@ -162,7 +458,7 @@ static void cpu_rmsnorm_backward(float *dx, float *dw, const float *dout, const 
 }
 
 /* out (N x C) = (x - mean) * rstd * w + b;  biased variance, like PyTorch. b may be NULL. */
-static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *x,
+static void cpu_layernorm_forward(const lg_ops *o, float *out, float *mean, float *rstd, const float *x,
                                   const float *w, const float *b, int N, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((long)N * C >= PAR_MIN)
     for (int i = 0; i < N; i++) {
@@ -183,7 +479,7 @@ static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const fl
 
 /* With n = (x - mean) rstd and d = g w:  dx += rstd (d - mean(d) - n mean(d n));
  * dw += sum_rows g n;  db += sum_rows g. */
-static void cpu_layernorm_backward(float *dx, float *dw, float *db, const float *dout,
+static void cpu_layernorm_backward(const lg_ops *o, float *dx, float *dw, float *db, const float *dout,
                                    const float *x, const float *w, const float *mean,
                                    const float *rstd, int N, int C) {
     if (dx) {
@@ -253,7 +549,7 @@ void lg_rope_tables(int max_pos, int hd, float theta, float **cos_out, float **s
 
 /* out, in: (B, T, H, hd) rows of stride ld; (a, b) -> (a cos - b sin, a sin + b cos).
  * Each pair is read before it is written, so out == in works. */
-static void cpu_rope_forward(float *out, const float *in, int ld, int B, int T, int H, int hd,
+static void cpu_rope_forward(const lg_ops *o, float *out, const float *in, int ld, int B, int T, int H, int hd,
                              int pos0, const float *cos, const float *sin, lg_rope_style style) {
     int half = hd / 2, step = ROPE_STEP(style, half);
 #pragma omp parallel for schedule(static) if ((long)B * T * H * hd >= PAR_MIN)
@@ -274,7 +570,7 @@ static void cpu_rope_forward(float *out, const float *in, int ld, int B, int T, 
 }
 
 /* din += R^T dout: the rotation by -angle. */
-static void cpu_rope_backward(float *din, const float *dout, int ld, int B, int T, int H, int hd,
+static void cpu_rope_backward(const lg_ops *o, float *din, const float *dout, int ld, int B, int T, int H, int hd,
                               int pos0, const float *cos, const float *sin, lg_rope_style style) {
     int half = hd / 2, step = ROPE_STEP(style, half);
 #pragma omp parallel for schedule(static) if ((long)B * T * H * hd >= PAR_MIN)
@@ -348,7 +644,7 @@ static int att_bwd_rows(int T) { return LG_MAX(1, LG_MIN(ATT_BLOCK, DS_MAX / T))
 /* Per (b, h), in row blocks [r0, r1) of queries:
  *   S = scale Q[r0:r1] K[0:r1]^T  -> causal softmax in place in probs -> O[r0:r1] = P V[0:r1].
  * q (B, T, *) stride ldq, k/v stride ldk/ldv, out (B, T, H*hd) dense, probs (B, H, T, T). */
-static void cpu_attention_forward(float *out, float *probs, const float *q, int ldq,
+static void cpu_attention_forward(const lg_ops *o, float *out, float *probs, const float *q, int ldq,
                                   const float *k, int ldk, const float *v, int ldv, int B, int T,
                                   int H, int KV, int hd) {
     int group = H / KV, ldo = H * hd, brows = att_bwd_rows(T);
@@ -364,7 +660,7 @@ static void cpu_attention_forward(float *out, float *probs, const float *q, int 
         float *P = probs + (long)bh * T * T;
         for (int r0 = 0; r0 < T; r0 += ATT_BLOCK) {
             int r1 = LG_MIN(T, r0 + ATT_BLOCK), m = r1 - r0;
-            cpu_gemm(0, 1, m, r1, hd, scale, qb + (long)r0 * ldq, ldq, kb, ldk, 0.0f,
+            blas_sgemm(0, 1, m, r1, hd, scale, qb + (long)r0 * ldq, ldq, kb, ldk, 0.0f,
                      P + (long)r0 * T, T);
             for (int t = r0; t < r1; t++) {
                 float *p = P + (long)t * T;
@@ -374,7 +670,7 @@ static void cpu_attention_forward(float *out, float *probs, const float *q, int 
                 int z1 = LG_MIN(T, LG_MAX(r1, (t / brows + 1) * brows));
                 if (z1 > t + 1) memset(p + t + 1, 0, (size_t)(z1 - t - 1) * sizeof(float));
             }
-            cpu_gemm(0, 0, m, hd, r1, 1.0f, P + (long)r0 * T, T, vb, ldv, 0.0f,
+            blas_sgemm(0, 0, m, hd, r1, 1.0f, P + (long)r0 * T, T, vb, ldv, 0.0f,
                      ob + (long)r0 * ldo, ldo);
         }
     }
@@ -387,7 +683,7 @@ static void cpu_attention_forward(float *out, float *probs, const float *q, int 
  * straight into dk/dv without races or scratch, and the result does not depend on the thread
  * count. dS lives on the stack: the row block shrinks for long sequences to keep it at most
  * DS_MAX floats, so a training step allocates nothing here. */
-static void cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+static void cpu_attention_backward(const lg_ops *o, float *dq, float *dk, float *dv, const float *dout,
                                    const float *q, int ldq, const float *k, int ldk,
                                    const float *v, int ldv, const float *probs, int B, int T,
                                    int H, int KV, int hd) {
@@ -415,16 +711,16 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
                 const float *Pb = P + (long)r0 * T;
                 /* P is stored with zeros above the diagonal, so the full [r0:r1, 0:r1] block
                  * can be used as is. */
-                if (dvb) cpu_gemm(1, 0, r1, hd, m, 1.0f, Pb, T, gob + (long)r0 * ldo, ldo, 1.0f, dvb, ldv);
+                if (dvb) blas_sgemm(1, 0, r1, hd, m, 1.0f, Pb, T, gob + (long)r0 * ldo, ldo, 1.0f, dvb, ldv);
                 if (!need_ds) continue;
-                cpu_gemm(0, 1, m, r1, hd, 1.0f, gob + (long)r0 * ldo, ldo, vb, ldv, 0.0f, dS, r1);
+                blas_sgemm(0, 1, m, r1, hd, 1.0f, gob + (long)r0 * ldo, ldo, vb, ldv, 0.0f, dS, r1);
                 for (int t = r0; t < r1; t++) {
                     float *ds = dS + (long)(t - r0) * r1;
                     softmax_bwd_row(ds, P + (long)t * T, t + 1);
                     for (int s2 = t + 1; s2 < r1; s2++) ds[s2] = 0.0f;
                 }
-                if (dqb) cpu_gemm(0, 0, m, hd, r1, scale, dS, r1, kb, ldk, 1.0f, dqb + (long)r0 * ldq, ldq);
-                if (dkb) cpu_gemm(1, 0, r1, hd, m, scale, dS, r1, qb + (long)r0 * ldq, ldq, 1.0f, dkb, ldk);
+                if (dqb) blas_sgemm(0, 0, m, hd, r1, scale, dS, r1, kb, ldk, 1.0f, dqb + (long)r0 * ldq, ldq);
+                if (dkb) blas_sgemm(1, 0, r1, hd, m, scale, dS, r1, qb + (long)r0 * ldq, ldq, 1.0f, dkb, ldk);
             }
         }
     }
@@ -433,7 +729,7 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, const float 
 /* ---- MLP activations ---------------------------------------------------------------- */
 
 /* out (n) = silu(gate) * up, silu(g) = g sigmoid(g). */
-static void cpu_swiglu_forward(float *out, const float *gate, const float *up, long n) {
+static void cpu_swiglu_forward(const lg_ops *o, float *out, const float *gate, const float *up, long n) {
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
     for (long i = 0; i < n; i++) {
         float g = gate[i];
@@ -442,7 +738,7 @@ static void cpu_swiglu_forward(float *out, const float *gate, const float *up, l
 }
 
 /* dgate += dout up sig (1 + g (1 - sig));  dup += dout silu(g). */
-static void cpu_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+static void cpu_swiglu_backward(const lg_ops *o, float *dgate, float *dup, const float *dout, const float *gate,
                                 const float *up, long n) {
     if (dgate && dup) { /* the usual case, as one vectorised loop */
 #pragma omp parallel for simd schedule(static) if (n >= PAR_MIN)
@@ -465,7 +761,7 @@ static void cpu_swiglu_backward(float *dgate, float *dup, const float *dout, con
 #define GELU_C 0.044715f
 
 /* out (n) = 0.5 x (1 + tanh(k (x + c x^3))); out may alias in. */
-static void cpu_gelu_forward(float *out, const float *in, long n) {
+static void cpu_gelu_forward(const lg_ops *o, float *out, const float *in, long n) {
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (long i = 0; i < n; i++) {
         float x = in[i];
@@ -473,7 +769,7 @@ static void cpu_gelu_forward(float *out, const float *in, long n) {
     }
 }
 
-static void cpu_gelu_backward(float *din, const float *dout, const float *in, long n) {
+static void cpu_gelu_backward(const lg_ops *o, float *din, const float *dout, const float *in, long n) {
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (long i = 0; i < n; i++) {
         float x = in[i];
@@ -525,7 +821,7 @@ static double ce_row(float *restrict l, int V, int tgt, float w, float dscale, i
     return (double)w * (lse - (double)lt);
 }
 
-static double cpu_cross_entropy(float *logits, const int *targets, const float *weight, int N,
+static double cpu_cross_entropy(const lg_ops *o, float *logits, const int *targets, const float *weight, int N,
                                 int V, float dscale, int want_grad) {
     /* Per-block partial sums, added in block order: the same bits for any thread count. The
      * partials live on the stack (blocks grow for huge N), so a step allocates nothing here. */
@@ -553,16 +849,79 @@ static double cpu_cross_entropy(float *logits, const int *targets, const float *
 }
 
 /* y (n) += a x. */
-static void cpu_axpy(long n, float a, const float *x, float *y) {
+static void cpu_axpy(const lg_ops *o, long n, float a, const float *x, float *y) {
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
     for (long i = 0; i < n; i++) y[i] += a * x[i];
 }
 
-static const lg_ops g_cpu_ops = {
+/* ---- attention over a key/value cache ---------------------------------------------- */
+
+/* Keys per block of the online softmax; the largest head width the stack accumulator holds. */
+#define DEC_BLK 64
+#define DEC_MAX_HD 512
+
+/* Flash-style, per (query, head): keys in blocks with a running maximum and sum (online
+ * softmax), so no score row is stored and nothing is allocated; out = sum_j p_j V_j / sum_j p_j. */
+static void cpu_attention_decode(const lg_ops *o, float *out, const float *q, int ldq, const float *K,
+                                 const float *V, int ldkv, int n, int pos0, int H, int KV, int hd) {
+    const int group = H / KV, qd = H * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const long work = (long)n * H;
+    /* threads only for real prefill work: waking a team costs more than a decode step's attention */
+    const long flops = (long)H * n * (pos0 + n) * hd;
+#pragma omp parallel for schedule(dynamic, 1) if (flops >= (1L << 22) && work > 1)
+    for (long w = 0; w < work; w++) {
+        const int i = (int)(w / H), h = (int)(w % H), kvh = h / group, nk = pos0 + i + 1;
+        const float *qi = q + (long)i * ldq + (long)h * hd;
+        float acc[DEC_MAX_HD], sc[DEC_BLK], mx = -INFINITY, sum = 0.0f;
+        for (int d = 0; d < hd; d++) acc[d] = 0.0f;
+        for (int j0 = 0; j0 < nk; j0 += DEC_BLK) {
+            const int j1 = LG_MIN(nk, j0 + DEC_BLK);
+            float bm = -INFINITY;
+            for (int j = j0; j < j1; j++) {
+                const float *kj = K + (long)j * ldkv + (long)kvh * hd;
+                float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (int d = 0; d < hd; d++) dot += qi[d] * kj[d];
+                sc[j - j0] = scale * dot;
+                bm = sc[j - j0] > bm ? sc[j - j0] : bm;
+            }
+            const float m2 = bm > mx ? bm : mx, corr = expf(mx - m2); /* exp(-inf) = 0 at the start */
+            sum *= corr;
+            for (int d = 0; d < hd; d++) acc[d] *= corr;
+            for (int j = j0; j < j1; j++) {
+                const float p = expf(sc[j - j0] - m2);
+                const float *vj = V + (long)j * ldkv + (long)kvh * hd;
+                sum += p;
+#pragma omp simd
+                for (int d = 0; d < hd; d++) acc[d] += p * vj[d];
+            }
+            mx = m2;
+        }
+        float *oi = out + (long)i * qd + (long)h * hd;
+        const float inv = 1.0f / sum;
+        for (int d = 0; d < hd; d++) oi[d] = acc[d] * inv;
+    }
+}
+
+/* ---- the backend ---------------------------------------------------------------------- */
+
+static void *cpu_alloc(const lg_ops *o, size_t bytes) { return lg_aligned_alloc(bytes); }
+static void cpu_free(const lg_ops *o, void *p) { lg_aligned_free(p); }
+
+static const lg_ops g_cpu_vt = {
     .name = "cpu",
+    .precision = LG_PREC_FP32,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .release_packed = cpu_release_packed,
     .gemm = cpu_gemm,
+    .dgemm = cpu_dgemm,
     .linear_forward = cpu_linear_forward,
     .linear_backward = cpu_linear_backward,
+    .orthonormalize = cpu_orthonormalize,
+    .svd = cpu_svd,
+    .lstsq = cpu_lstsq,
     .embedding_forward = cpu_embedding_forward,
     .embedding_backward = cpu_embedding_backward,
     .posemb_forward = cpu_posemb_forward,
@@ -575,6 +934,7 @@ static const lg_ops g_cpu_ops = {
     .rope_backward = cpu_rope_backward,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
+    .attention_decode = cpu_attention_decode,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
     .gelu_forward = cpu_gelu_forward,
@@ -583,4 +943,113 @@ static const lg_ops g_cpu_ops = {
     .axpy = cpu_axpy,
 };
 
-const lg_ops *lg_ops_cpu(void) { return &g_cpu_ops; }
+int lg_bf16_native(void) {
+    static int known = -1;
+    int v;
+#pragma omp atomic read
+    v = known;
+    if (v >= 0) return v;
+    v = 0;
+    if (lg_dnnl_bf16_native()) { /* and oneDNN really has a bf16 matmul for it */
+        lg_dnnl *d = lg_dnnl_create();
+        v = d && lg_dnnl_impl_name(d, LG_MM_BF16, 64, 64, 64) != NULL;
+        lg_dnnl_free(d);
+    }
+#pragma omp atomic write
+    known = v;
+    return v;
+}
+
+lg_precision lg_precision_resolve(lg_precision p) {
+    if (p != LG_PREC_AUTO) return p;
+    const char *e = getenv("LORAGA_PRECISION");
+    lg_precision q;
+    if (e && *e && lg_precision_parse(e, &q) == 0 && q != LG_PREC_AUTO) return q;
+    return lg_bf16_native() ? LG_PREC_BF16 : LG_PREC_FP32;
+}
+
+const char *lg_precision_name(lg_precision p) {
+    return p == LG_PREC_FP32 ? "fp32" : p == LG_PREC_BF16 ? "bf16" : "auto";
+}
+
+int lg_precision_parse(const char *s, lg_precision *out) {
+    if (!strcmp(s, "fp32") || !strcmp(s, "float32")) *out = LG_PREC_FP32;
+    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) *out = LG_PREC_BF16;
+    else if (!strcmp(s, "auto")) *out = LG_PREC_AUTO;
+    else return lg_errorf("precision '%s': expected fp32, bf16 or auto", s);
+    return 0;
+}
+
+static int env_choice(const char *name, const char *const *words, int n, int dflt) {
+    const char *e = getenv(name);
+    for (int i = 0; e && i < n; i++)
+        if (!strcmp(e, words[i])) return i;
+    return dflt;
+}
+
+int lg_ops_create(lg_precision p, lg_ops **out) {
+    *out = NULL;
+    lg_ops *o = lg_malloc(sizeof *o);
+    *o = g_cpu_vt;
+    o->precision = lg_precision_resolve(p);
+    cpu_state *s = lg_calloc(1, sizeof *s);
+    s->dnnl = lg_dnnl_create();
+    static const char *const libs[] = {"auto", "openblas", "onednn"}, *const packs[] = {"auto", "1", "0"};
+    s->gemm_lib = env_choice("LORAGA_GEMM", libs, 3, GEMM_AUTO);
+    const int pk = env_choice("LORAGA_PACK", packs, 3, 0);
+    s->pack = pk == 1 ? 1 : pk == 2 ? -1 : 0;
+    s->wblk = lg_aligned_alloc((size_t)WBLOCK_FLOATS * sizeof(float));
+    s->wblock_floats = WBLOCK_FLOATS;
+    o->impl = s;
+    o->bf16_native = o->precision == LG_PREC_BF16 && s->dnnl && lg_bf16_native();
+    const char *impl = s->dnnl ? lg_dnnl_impl_name(s->dnnl, o->bf16_native ? LG_MM_BF16 : LG_MM_F32, 256, 256, 256)
+                               : NULL;
+    if (o->precision == LG_PREC_FP32)
+        snprintf(s->desc, sizeof s->desc, "fp32 (%s)",
+                 s->gemm_lib == GEMM_OPENBLAS || !impl ? "OpenBLAS" : "oneDNN, OpenBLAS for single rows");
+    else if (o->bf16_native)
+        snprintf(s->desc, sizeof s->desc, "bf16 (oneDNN %s; fp32 accumulation, norms, softmax, loss)", impl);
+    else
+        snprintf(s->desc, sizeof s->desc,
+                 "bf16 emulated (this CPU has no bf16 units: inputs rounded to bf16, fp32 GEMMs; not faster)");
+    *out = o;
+    return 0;
+}
+
+void lg_ops_free(lg_ops *o) {
+    if (!o) return;
+    cpu_state *s = o->impl;
+    if (s) {
+        lg_dnnl_free(s->dnnl);
+        for (int i = 0; i < 2; i++) {
+            lg_aligned_free(s->h16[i]);
+            lg_aligned_free(s->r32[i]);
+        }
+        lg_aligned_free(s->wblk);
+        free(s);
+    }
+    free(o);
+}
+
+void lg_ops_cpu_set_wblock(lg_ops *o, long floats) {
+    cpu_state *s = state(o);
+    if (s) s->wblock_floats = LG_MAX(1, LG_MIN(floats, WBLOCK_FLOATS));
+}
+
+const char *lg_ops_describe(const lg_ops *o) {
+    const cpu_state *s = state(o);
+    return s ? s->desc : o->name;
+}
+
+void lg_set_threads(int n) {
+    if (n <= 0) return;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+const lg_ops *lg_ops_cpu(void) {
+    static lg_ops *shared; /* lives as long as the process */
+#pragma omp critical(lg_ops_shared)
+    if (!shared) lg_ops_create(LG_PREC_FP32, &shared);
+    return shared;
+}
