@@ -40,7 +40,7 @@ SLIB_OBJ := $(LIB_SRC:%.c=build/san/%.o)
 SCLI_OBJ := $(filter-out build/san/src/cli/main.o,$(CLI_SRC:%.c=build/san/%.o))
 TEST_BIN := $(TEST_SRC:tests/%.c=build/tests/%)
 
-.PHONY: all deps deps-check test demo clean bench FORCE
+.PHONY: all deps test demo clean bench fuzz fuzz-cc FORCE
 all: deps-check build/loraga
 
 deps-check:
@@ -99,9 +99,38 @@ build/tests/CTestTestfile.cmake: Makefile $(TEST_SRC)
 	  echo "set_tests_properties($$t PROPERTIES WORKING_DIRECTORY \"$(CURDIR)\" SKIP_RETURN_CODE 77 TIMEOUT 900)"; \
 	done; } > $@
 
-test: deps-check build/loraga $(TEST_BIN) build/tests/CTestTestfile.cmake
+# The CLI itself built with the sanitisers: the hostile-input corpus (tests/test_hostile.c) runs it.
+build/san/loraga: build/san/src/cli/main.o build/san/libloraga.a
+	$(CC) -std=c11 -O1 -g $(ARCH) -fopenmp $(SAN) -o $@ $^ $(LDLIBS)
+
+test: deps-check build/loraga build/san/loraga $(TEST_BIN) build/tests/CTestTestfile.cmake
 	@cd build/tests && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  OMP_NUM_THREADS=2 LORAGA_BIN="$(CURDIR)/build/loraga" LORAGA_PRECISION=fp32 ctest --output-on-failure
+	  OMP_NUM_THREADS=2 LORAGA_BIN="$(CURDIR)/build/loraga" LORAGA_SAN_BIN="$(CURDIR)/build/san/loraga" \
+	  LORAGA_PRECISION=fp32 ctest --output-on-failure
+
+# libFuzzer targets (bench/fuzz_*.c), built with clang: `make fuzz` runs each for FUZZ_TIME seconds
+# from seeds made of the test fixtures (scripts/fuzz.sh; findings land in build/fuzz/).
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 60
+FUZZ_FLAGS := -std=c11 -g -O1 $(ARCH) -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_BIN   := $(patsubst bench/%.c,build/fuzz/%,$(sort $(wildcard bench/fuzz_*.c)))
+FLIB_OBJ   := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
+
+fuzz-cc:
+	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz needs clang with libFuzzer: apt-get install clang" >&2; exit 1; }
+
+build/fuzz/obj/%.o: %.c | fuzz-cc
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+build/fuzz/libloraga.a: $(FLIB_OBJ)
+	ar rcs $@ $^
+
+build/fuzz/fuzz_%: bench/fuzz_%.c build/fuzz/libloraga.a
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< build/fuzz/libloraga.a $(LDLIBS)
+
+fuzz: deps-check $(FUZZ_BIN)
+	@scripts/fuzz.sh $(FUZZ_TIME) $(FUZZ_BIN)
 
 # The demo builds (deps-check + all) itself, so that its report times every phase; README.md.
 # make demo DEMO_ARGS="--quick" (seconds), DEMO_ARGS="--out DIR --steps N --threads N".
@@ -113,4 +142,4 @@ bench: build/loraga
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SLIB_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(SLIB_OBJ:.o=.d) $(SCLI_OBJ:.o=.d) build/san/src/cli/main.d $(FLIB_OBJ:.o=.d)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json.h"
 #include "core/util.h"
 #include "io/safetensors.h"
 
@@ -56,8 +57,11 @@ int lg_adapters_load_peft(lg_model *m, const char *dir, lg_adapters **out) {
     char *targets = NULL;
     int rc = -1;
     if (lg_read_file(cfg_path, &txt, &len) != 0) goto done;
-    j = cJSON_Parse(txt);
-    if (!j || !cJSON_IsObject(j)) {
+    if (!(j = lg_json_parse(txt, len, "byte"))) {
+        lg_errorf_prefix("%s", cfg_path);
+        goto done;
+    }
+    if (!cJSON_IsObject(j)) {
         lg_errorf("%s: not a JSON object", cfg_path);
         goto done;
     }
@@ -68,12 +72,12 @@ int lg_adapters_load_peft(lg_model *m, const char *dir, lg_adapters **out) {
                   cJSON_IsString(pt) ? pt->valuestring : "(missing)");
         goto done;
     }
-    if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble != floor(r->valuedouble)) {
+    if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > (1 << 20) || r->valuedouble != floor(r->valuedouble)) {
         lg_errorf("%s: \"r\" must be a positive integer", cfg_path);
         goto done;
     }
-    if (!cJSON_IsNumber(al)) {
-        lg_errorf("%s: \"lora_alpha\" must be a number", cfg_path);
+    if (!cJSON_IsNumber(al) || !isfinite((float)al->valuedouble)) {
+        lg_errorf("%s: \"lora_alpha\" must be a finite number", cfg_path);
         goto done;
     }
     if (!json_empty_or_null(cJSON_GetObjectItem(j, "rank_pattern")) ||

@@ -49,8 +49,9 @@ static void put_json_str(FILE *f, const char *s) {
 /* `--write-rows`: the task's examples as prompt/completion JSONL, for `loraga train`. */
 static int write_rows(const lg_task_set *s, const char *path, const lg_task_set *shots_src, int shots, int first,
                       int limit) {
-    FILE *f = fopen(path, "w");
-    if (!f) return lg_errorf("%s: cannot write", path);
+    lg_afile af;
+    if (lg_afile_open(&af, path) != 0) return -1;
+    FILE *f = af.f;
     int n = s->n - first;
     if (limit > 0) n = LG_MIN(n, limit);
     for (int i = 0; i < n; i++) {
@@ -62,8 +63,7 @@ static int write_rows(const lg_task_set *s, const char *path, const lg_task_set 
         fputs("}\n", f);
         free(ctx);
     }
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) return lg_errorf("%s: write error", path);
+    if (lg_afile_commit(&af) != 0) return -1;
     fprintf(stderr, "wrote %d rows to %s\n", LG_MAX(n, 0), path);
     return 0;
 }
@@ -73,6 +73,7 @@ static int eval_task(lg_model *m, const lg_tokenizer *t, lg_task_kind kind, cons
                      const char *adapter_desc) {
     lg_task_set *s = NULL, *ss = NULL;
     FILE *pf = NULL;
+    lg_afile pa = {0}; /* predictions: written whole or not at all */
     int rc = -1;
     if (lg_task_load(kind, data, &s) != 0) goto done;
     if (shots_data && lg_task_load(kind, shots_data, &ss) != 0) goto done;
@@ -86,14 +87,16 @@ static int eval_task(lg_model *m, const lg_tokenizer *t, lg_task_kind kind, cons
         rc = write_rows(s, rows_path, src, shots, first, limit);
         goto done;
     }
-    if (pred_path && !(pf = fopen(pred_path, "w"))) {
-        lg_errorf("%s: cannot write", pred_path);
-        goto done;
+    if (pred_path) {
+        if (lg_afile_open(&pa, pred_path) != 0) goto done;
+        pf = pa.f;
     }
     lg_task_opts o = {shots, src, first, limit, max_tokens, pf, json ? NULL : progress, NULL, 0};
     o.no_bos = t && !lg_cli_tokenizer_adds_bos(t); /* BOS as the tokenizer itself (and the lm protocol) adds it */
     lg_task_result r;
     if (lg_task_eval(m, t, s, &o, &r) != 0) goto done;
+    if (pf && lg_afile_commit(&pa) != 0) goto done;
+    pf = NULL;
     const char *name = lg_task_name(kind);
     if (kind == LG_TASK_GSM8K) {
         if (json)
@@ -121,7 +124,7 @@ static int eval_task(lg_model *m, const lg_tokenizer *t, lg_task_kind kind, cons
     }
     rc = 0;
 done:
-    if (pf) fclose(pf);
+    if (pf) lg_afile_abort(&pa);
     lg_task_free(s);
     lg_task_free(ss);
     return rc;

@@ -38,9 +38,10 @@ static int on_token(int id, void *ud) {
         s->failed = 1;
         return 1;
     }
-    if (len) {
-        fwrite(txt, 1, len, stdout);
-        fflush(stdout);
+    if (len && (fwrite(txt, 1, len, stdout) != len || fflush(stdout) != 0)) { /* no point generating on */
+        lg_errorf("writing the standard output failed (disk full or closed pipe?)");
+        s->failed = 1;
+        return 1;
     }
     return 0;
 }

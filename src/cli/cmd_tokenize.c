@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/json.h"
 #include "core/util.h"
 #include "data/data.h"
 #include "tokenizer/tokenizer.h"
@@ -59,14 +60,11 @@ static int tokenize_rows(const lg_tokenizer *t, const char *path, int add_specia
                 free(data);
                 return lg_errorf("%s:%ld: invalid UTF-8 at byte %zu of the line", name, line, bad + 1);
             }
-            const char *end = NULL;
-            cJSON *o = cJSON_ParseWithLengthOpts(s, n, &end, 0);
-            int trailing = 0;
-            if (o && end)
-                for (const char *e = end; e < s + n; e++)
-                    if (*e != ' ' && *e != '\t' && *e != '\r') trailing = 1;
+            cJSON *o = lg_json_parse(s, n, "column"); /* also refuses NUL in a string and repeated keys */
             const cJSON *tx = o ? cJSON_GetObjectItemCaseSensitive(o, "text") : NULL;
-            const char *err = !o || trailing      ? "not valid JSON"
+            char why[512];
+            snprintf(why, sizeof why, "%s", lg_last_error());
+            const char *err = !o                   ? why
                               : !cJSON_IsObject(o) ? "row is not a JSON object"
                               : !tx                ? "row has no \"text\" field"
                               : !cJSON_IsString(tx) ? "field \"text\" is not a string"

@@ -597,8 +597,13 @@ static int train_main(int argc, char **argv) {
                     rep.passes == 1 ? "" : "es", rep.extra_bytes / 1048576.0, rep.factorise_seconds, rep.mean_loss);
             fprintf(stderr,
                     "LoRA-GA: top-2r directions hold %.1f%% of ||G||^2 on average (min %.1f%%); first-step "
-                    "alignment error %.3f on average (max %.3f); per layer in loraga_diagnostics.jsonl\n",
-                    100 * rep.captured_mean, 100 * rep.captured_min, rep.align_err_mean, rep.align_err_max);
+                    "alignment error %.3f on average (max %.3f)%s; per layer in loraga_diagnostics.jsonl\n",
+                    100 * rep.captured_mean, 100 * rep.captured_min, rep.align_err_mean, rep.align_err_max,
+                    rep.estimated ? " -- estimated from the sketches, which can read better than the exact optimum"
+                                  : "");
+            if (rep.zero_gradient)
+                fprintf(stderr, "LoRA-GA: %d adapted layer(s) had a zero gradient and are left out of these figures\n",
+                        rep.zero_gradient);
         }
         if (save_init && root) {
             char *idir = lg_path_join(tmp, "init_lora_checkpoint");

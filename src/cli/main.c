@@ -1,4 +1,5 @@
 /* main.c — `loraga <command> [options]`: dispatch to the subcommands. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -37,6 +38,20 @@ static void usage(void) {
            "training: docs/training.md; PEFT adapters, merge, generate: docs/interop.md.\n");
 }
 
+/* What a command printed must have reached its destination: a full disk or a closed pipe is an
+ * error (exit 1), not a truncated result with exit 0. */
+static int finish_stdout(int rc) {
+    int bad = ferror(stdout);
+    bad |= fflush(stdout) != 0;
+    int err = errno;
+    bad |= fclose(stdout) != 0;
+    if (!bad || rc) return rc; /* a command that failed has said why */
+    fprintf(stderr, "loraga: error: writing the standard output failed: %s (disk full or closed pipe?); the output "
+                    "is incomplete\n",
+            strerror(err ? err : errno));
+    return 1;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) {
         printf("loraga %s (git %s)\n", LG_VERSION, lg_git_commit());
@@ -47,7 +62,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) return finish_stdout(commands[i].fn(argc - 1, argv + 1));
     fprintf(stderr, "loraga: unknown command '%s' (try loraga --help)\n", argv[1]);
     return 2;
 }

@@ -4,9 +4,12 @@
 #endif
 #include "util.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,58 +85,96 @@ void *lg_aligned_alloc(size_t n) {
 void lg_aligned_free(void *p) { free(p); }
 
 int lg_read_file(const char *path, char **data, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return lg_errorf("%s: cannot open: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) {
-        fclose(f);
-        return lg_errorf("%s: cannot seek", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return lg_errorf("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    /* a directory or a device reports no usable size (ftell gave 2^63 for a directory) */
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        int dir = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+        close(fd);
+        return lg_errorf("%s: not a regular file%s", path, dir ? " (a directory)" : "");
     }
-    long n = ftell(f);
-    if (n < 0) {
-        fclose(f);
-        return lg_errorf("%s: cannot tell size (is it a regular file?)", path);
+    if ((uint64_t)st.st_size > LG_READ_FILE_MAX) {
+        close(fd);
+        return lg_errorf("%s: %lld bytes is larger than the %llu bytes loraga reads into memory at once", path,
+                         (long long)st.st_size, (unsigned long long)LG_READ_FILE_MAX);
     }
-    rewind(f);
-    char *buf = lg_malloc((size_t)n + 1);
-    if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f);
+    size_t n = (size_t)st.st_size, got = 0;
+    char *buf = lg_malloc(n + 1);
+    while (got < n) {
+        ssize_t k = read(fd, buf + got, n - got);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break; /* the file shrank under us, or a read error */
+        got += (size_t)k;
+    }
+    close(fd);
+    if (got != n) {
         free(buf);
-        return lg_errorf("%s: read error", path);
+        return lg_errorf("%s: read error (%zu of %zu bytes)", path, got, n);
     }
-    fclose(f);
     buf[n] = 0;
     *data = buf;
-    if (len) *len = (size_t)n;
+    if (len) *len = n;
     return 0;
 }
 
-int lg_write_file_atomic(const char *path, const void *data, size_t len) {
+/* ---- atomic output files ---- */
+int lg_afile_open(lg_afile *a, const char *path) {
+    memset(a, 0, sizeof *a);
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+        /* a device or a pipe (/dev/stdout, /dev/null): written directly, never renamed over */
+        if (!(a->f = fopen(path, "wb"))) return lg_errorf("%s: cannot write: %s", path, strerror(errno));
+        a->path = lg_strdup(path);
+        return 0;
+    }
+    lg_remove_stale_tmp(path);
     size_t n = strlen(path) + 32;
-    char *tmp = lg_malloc(n);
-    snprintf(tmp, n, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        lg_errorf("%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
+    a->tmp = lg_malloc(n);
+    snprintf(a->tmp, n, "%s.tmp.%d", path, (int)getpid());
+    a->path = lg_strdup(path);
+    if (!(a->f = fopen(a->tmp, "wb"))) {
+        lg_errorf("%s: cannot create: %s", a->tmp, strerror(errno));
+        free(a->tmp), free(a->path);
+        memset(a, 0, sizeof *a);
         return -1;
     }
-    int bad = (len && fwrite(data, 1, len, f) != len);
-    bad |= fflush(f) != 0;
-    bad |= fclose(f) != 0;
-    if (bad) {
-        lg_errorf("%s: write failed (disk full?)", tmp);
-        unlink(tmp);
-        free(tmp);
-        return -1;
-    }
-    if (rename(tmp, path) != 0) {
-        lg_errorf("%s: cannot rename into place: %s", path, strerror(errno));
-        unlink(tmp);
-        free(tmp);
-        return -1;
-    }
-    free(tmp);
     return 0;
+}
+
+int lg_afile_commit(lg_afile *a) {
+    if (!a->f) return lg_errorf("internal error: output file not open");
+    int bad = ferror(a->f) != 0, err = bad ? errno : 0;
+    if (fflush(a->f) != 0 && !bad) bad = 1, err = errno;
+    if (fclose(a->f) != 0 && !bad) bad = 1, err = errno;
+    a->f = NULL;
+    int rc = 0;
+    if (bad) rc = lg_errorf("%s: write failed: %s (disk full?)%s", a->path, err ? strerror(err) : "stream error",
+                            a->tmp ? "; nothing was written there" : "");
+    else if (a->tmp && rename(a->tmp, a->path) != 0)
+        rc = lg_errorf("%s: cannot rename into place: %s", a->path, strerror(errno));
+    if (rc && a->tmp) unlink(a->tmp);
+    free(a->tmp), free(a->path);
+    a->tmp = a->path = NULL;
+    return rc;
+}
+
+void lg_afile_abort(lg_afile *a) {
+    if (a->f) fclose(a->f);
+    if (a->tmp) unlink(a->tmp);
+    free(a->tmp), free(a->path);
+    memset(a, 0, sizeof *a);
+}
+
+int lg_write_file_atomic(const char *path, const void *data, size_t len) {
+    lg_afile a;
+    if (lg_afile_open(&a, path) != 0) return -1;
+    if (len && fwrite(data, 1, len, a.f) != len) {
+        int err = errno;
+        lg_afile_abort(&a);
+        return lg_errorf("%s: write failed: %s (disk full?); nothing was written there", path, strerror(err));
+    }
+    return lg_afile_commit(&a);
 }
 
 int lg_file_exists(const char *path) {
@@ -171,6 +212,33 @@ char *lg_path_join(const char *dir, const char *name) {
     char *s = lg_malloc(n);
     snprintf(s, n, "%s/%s", dir, name);
     return s;
+}
+
+char *lg_path_parent(const char *path) {
+    char *p = lg_strdup(path);
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/') p[--n] = 0;
+    char *s = strrchr(p, '/');
+    if (!s) {
+        free(p);
+        return lg_strdup(".");
+    }
+    if (s == p) s[1] = 0;
+    else *s = 0;
+    return p;
+}
+
+const char *lg_path_base(const char *path, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s", path);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/') buf[--n] = 0;
+    char *s = strrchr(buf, '/');
+    return s ? s + 1 : buf;
+}
+
+int lg_is_symlink(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISLNK(st.st_mode);
 }
 
 int lg_mmap_file(const char *path, lg_mmap *m) {
@@ -293,13 +361,24 @@ double lg_now(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+int64_t lg_first_nonfinite(const float *x, int64_t n) {
+    int64_t bad = -1;
+    for (int64_t i = 0; i < n && bad < 0; i += 4096) { /* blocks of a vectorisable test */
+        int64_t e = LG_MIN(n, i + 4096);
+        int ok = 1;
+        for (int64_t k = i; k < e; k++) ok &= isfinite(x[k]) != 0;
+        if (!ok)
+            for (int64_t k = i; k < e && bad < 0; k++)
+                if (!isfinite(x[k])) bad = k;
+    }
+    return bad;
+}
+
 long lg_peak_rss_kb(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss;
 }
-
-#include <dirent.h>
 
 static int dir_is_empty(const char *path) {
     DIR *d = opendir(path);
@@ -317,6 +396,7 @@ char *lg_outdir_begin(const char *out) {
         lg_errorf("%s: already exists and is not an empty directory; choose another output or remove it", out);
         return NULL;
     }
+    lg_remove_stale_tmp(out);
     size_t n = strlen(out) + 32;
     char *tmp = lg_malloc(n);
     snprintf(tmp, n, "%s.tmp.%d", out, (int)getpid());
@@ -327,20 +407,42 @@ char *lg_outdir_begin(const char *out) {
     return tmp;
 }
 
-static void remove_tree(const char *path) {
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char *p = lg_path_join(path, e->d_name);
-            if (lg_is_dir(p)) remove_tree(p);
-            else unlink(p);
-            free(p);
-        }
-        closedir(d);
+/* Depth first, never following a symbolic link: a link is removed, not what it points to. */
+static int remove_entry(const char *p, const struct stat *st, int type, struct FTW *ftw) {
+    (void)st, (void)ftw;
+    if (type == FTW_DP || type == FTW_DNR) rmdir(p);
+    else unlink(p);
+    return 0;
+}
+
+void lg_remove_tree(const char *path) {
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) != 0 && lg_is_symlink(path)) unlink(path);
+}
+
+/* "<base>.tmp.<pid>" left by a process that no longer exists (killed before it could clean up). */
+void lg_remove_stale_tmp(const char *path) {
+    char buf[4096];
+    char *dir = lg_path_parent(path);
+    const char *base = lg_path_base(path, buf, sizeof buf);
+    size_t bl = strlen(base);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && bl && (e = readdir(d))) {
+        const char *nm = e->d_name;
+        if (strncmp(nm, base, bl) || strncmp(nm + bl, ".tmp.", 5)) continue;
+        const char *digits = nm + bl + 5;
+        char *end;
+        errno = 0;
+        long pid = strtol(digits, &end, 10);
+        if (*digits < '0' || *digits > '9' || *end || errno || pid <= 0 || pid > INT32_MAX || pid == (long)getpid())
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive (or not ours to judge) */
+        char *p = lg_path_join(dir, nm);
+        lg_remove_tree(p);
+        free(p);
     }
-    rmdir(path);
+    if (d) closedir(d);
+    free(dir);
 }
 
 int lg_outdir_commit(char *tmp, const char *out) {
@@ -353,6 +455,6 @@ int lg_outdir_commit(char *tmp, const char *out) {
 
 void lg_outdir_abort(char *tmp) {
     if (!tmp) return;
-    remove_tree(tmp);
+    lg_remove_tree(tmp);
     free(tmp);
 }

@@ -31,15 +31,36 @@ void *lg_aligned_alloc(size_t n); /* 64-byte aligned, zeroed; free with lg_align
 void lg_aligned_free(void *p);
 
 /* ---- files ----------------------------------------------------------------- */
-/* Read a whole file (adds a terminating NUL after len bytes). */
+/* Read a whole regular file (adds a terminating NUL after len bytes). A directory, device or
+ * pipe, or a file over LG_READ_FILE_MAX bytes, is refused with a message. */
+#define LG_READ_FILE_MAX ((uint64_t)2 << 30)
 int lg_read_file(const char *path, char **data, size_t *len);
 /* Write to "<path>.tmp.<pid>" then rename over path: a crash never leaves half a file. */
 int lg_write_file_atomic(const char *path, const void *data, size_t len);
+/* The same for output written piece by piece: open creates "<path>.tmp.<pid>" (f), commit checks
+ * every write, closes and renames into place (on any error removes the temporary, leaving an
+ * existing path untouched, and says so), abort removes it. A path that is a device or a pipe
+ * (/dev/stdout, /dev/null) is written directly: renaming over it would replace the device. */
+typedef struct {
+    FILE *f;
+    char *tmp, *path;
+} lg_afile;
+int lg_afile_open(lg_afile *a, const char *path);
+int lg_afile_commit(lg_afile *a);
+void lg_afile_abort(lg_afile *a);
 int lg_file_exists(const char *path);
 int lg_is_dir(const char *path);
 int lg_mkdir_p(const char *path);
 /* path join into a fresh string */
 char *lg_path_join(const char *dir, const char *name);
+char *lg_path_parent(const char *path);                           /* "a/b/" -> "a", "b" -> "." */
+const char *lg_path_base(const char *path, char *buf, size_t cap); /* "a/b/" -> "b" (in buf) */
+int lg_is_symlink(const char *path);                              /* lstat: the path itself is a link */
+/* Remove a file or directory tree without ever following a symbolic link (a link is unlinked,
+ * what it points to is untouched). */
+void lg_remove_tree(const char *path);
+/* Remove "<path>.tmp.<pid>" siblings whose process no longer exists (a killed run's leftovers). */
+void lg_remove_stale_tmp(const char *path);
 
 typedef struct {
     void *data;
@@ -65,6 +86,8 @@ float lg_rng_normal(lg_rng *r);  /* N(0,1), Box-Muller */
 
 /* ---- misc -------------------------------------------------------------------- */
 double lg_now(void); /* monotonic seconds */
+/* Index of the first NaN or infinity in x[0, n), or -1: what readers check weights with. */
+int64_t lg_first_nonfinite(const float *x, int64_t n);
 long lg_peak_rss_kb(void);
 #define LG_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define LG_MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -75,9 +98,10 @@ long lg_peak_rss_kb(void);
 /* ---- output directories ---------------------------------------------------------------------
  * Outputs are built in "<out>.tmp.<pid>" and renamed into place at the end, so an interrupted
  * run never leaves a half-written directory and never touches an existing one. */
-/* Refuses an existing non-empty `out`; creates and returns the temporary directory. */
+/* Refuses an existing non-empty `out`; removes dead runs' "<out>.tmp.<pid>"; creates and returns
+ * the temporary directory. */
 char *lg_outdir_begin(const char *out);
 /* Renames tmp to out (removing an empty `out` first); frees tmp. */
 int lg_outdir_commit(char *tmp, const char *out);
-/* Removes tmp and its files (one level deep); frees tmp. */
+/* Removes tmp and everything in it (links are removed, never followed); frees tmp. */
 void lg_outdir_abort(char *tmp);

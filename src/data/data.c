@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json.h"
 #include "core/util.h"
 #include "template/chat.h"
 #include "tokenizer/tok_internal.h" /* the tokenizer's tokenizer_config.json, for its chat template */
@@ -85,9 +86,13 @@ static int bad_row(loader *L, long line, const char *fmt, const char *arg) {
     return lg_errorf("%s:%ld: %s", L->name, line, msg);
 }
 
+/* Tokens a piece of a row can contribute: a row is cut to max_len (one more tells end_row that it
+ * was cut), so a long text is tokenised only as far as that (a 50 MB row no longer is whole). */
+static int piece_cap(const loader *L) { return L->o->pack ? -1 : L->o->max_len + 1; }
+
 static int encode_into(loader *L, const char *s, size_t n, unsigned char loss, long line) {
     int *ids, m;
-    if (lg_tokenizer_encode(L->tok, s, n, 0, &ids, &m)) return lg_errorf_prefix("%s:%ld", L->name, line);
+    if (lg_tokenizer_encode_prefix(L->tok, s, n, piece_cap(L), &ids, &m)) return lg_errorf_prefix("%s:%ld", L->name, line);
     for (int i = 0; i < m; i++) rows_push_tok(&L->rows, ids[i], loss);
     free(ids);
     return 0;
@@ -222,24 +227,31 @@ static int add_chat_row(loader *L, const cJSON *msgs, long line) {
     rows_t *r = &L->rows;
     size_t start = r->n;
     L->st.rows++;
-    int *ids = NULL, n = 0, rc = 0;
+    int *ids = NULL, n = 0, rc = 0, cap = piece_cap(L);
     size_t *end = NULL;
-    if (lg_tokenizer_encode(L->tok, txt, tn, 0, &ids, &n)) {
+    if (lg_tokenizer_encode_prefix(L->tok, txt, tn, cap, &ids, &n)) {
         rc = lg_errorf_prefix("%s:%ld", L->name, line);
         goto done;
     }
-    /* byte extent of each token: its raw bytes, special tokens kept */
+    /* byte extent of each token: its raw bytes, special tokens kept; they must spell the text (all of
+     * it, unless the row was cut at cap tokens) */
     end = lg_malloc((size_t)(n ? n : 1) * sizeof(size_t));
     size_t pos = 0;
+    int spelled = 1;
     for (int i = 0; i < n; i++) {
         char *b;
         size_t bl;
-        if (lg_tokenizer_decode_ex(L->tok, ids + i, 1, LG_DECODE_KEEP_SPECIAL | LG_DECODE_RAW_BYTES, &b, &bl)) bl = 0;
-        else free(b);
+        if (lg_tokenizer_decode_ex(L->tok, ids + i, 1, LG_DECODE_KEEP_SPECIAL | LG_DECODE_RAW_BYTES, &b, &bl)) {
+            bl = 0;
+            spelled = 0;
+        } else {
+            spelled &= pos + bl <= tn && !memcmp(b, txt + pos, bl);
+            free(b);
+        }
         pos += bl;
         end[i] = pos;
     }
-    if (pos == tn) {
+    if (spelled && (pos == tn || n == cap)) {
         size_t a = 0;
         for (int i = 0; i < n; i++) {
             int loss = 0;
@@ -249,12 +261,12 @@ static int add_chat_row(loader *L, const cJSON *msgs, long line) {
         }
     } else { /* decoding does not give the bytes back (normalising tokenizers): piece by piece */
         size_t a = 0;
-        for (int q = 0; q <= ns && !rc; q++) {
+        for (int q = 0; q <= ns && !rc && (cap < 0 || r->n - start < (size_t)cap); q++) {
             size_t cut[2] = {q < ns ? sp[q].a : tn, q < ns ? sp[q].b : tn};
             for (int h = 0; h < 2 && !rc; h++) {
                 if (cut[h] <= a) continue;
                 int *pi, pn;
-                if (lg_tokenizer_encode(L->tok, txt + a, cut[h] - a, 0, &pi, &pn)) {
+                if (lg_tokenizer_encode_prefix(L->tok, txt + a, cut[h] - a, cap, &pi, &pn)) {
                     rc = lg_errorf_prefix("%s:%ld", L->name, line);
                     r->n = start;
                     break;
@@ -334,22 +346,10 @@ static int load_jsonl(loader *L, const char *data, size_t len) {
             if (bad_row(L, line, "%s", m)) return -1;
             continue;
         }
-        const char *end = NULL;
-        cJSON *o = cJSON_ParseWithLengthOpts(s, n, &end, 0);
-        if (o && end) {
-            const char *e = end;
-            while (e < s + n && is_ws(*e)) e++;
-            if (e < s + n) {
-                cJSON_Delete(o);
-                o = NULL;
-                end = e;
-            }
-        }
+        cJSON *o = lg_json_parse(s, n, "column"); /* also refuses NUL in a string and repeated keys */
         if (!o) {
-            const char *ep = end ? end : cJSON_GetErrorPtr();
-            long col = ep && ep >= s && ep <= s + n ? (long)(ep - s) + 1 : 0;
-            char m[64];
-            snprintf(m, sizeof m, "not valid JSON (near column %ld)", col);
+            char m[512];
+            snprintf(m, sizeof m, "%s", lg_last_error());
             if (bad_row(L, line, "%s", m)) return -1;
             continue;
         }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/json.h"
 #include "core/util.h"
 #include "tokenizer/tokenizer.h" /* lg_utf8_check */
 
@@ -463,6 +464,10 @@ static int json_next(lg_rec_reader *r, cJSON **obj, long *line, char *why, size_
         cJSON_Delete(o);
         o = NULL;
         snprintf(why, cap, "invalid UTF-8 at byte %zu of the element", bad + 1);
+    } else if (lg_json_check(o, r->p + a, b - a, "byte of the element") != 0) { /* NUL, a repeated key */
+        cJSON_Delete(o);
+        o = NULL;
+        snprintf(why, cap, "%s", lg_last_error());
     }
     skip_ws(r);
     if (r->pos < r->len && r->p[r->pos] == ',') {

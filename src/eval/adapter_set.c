@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "adapters/lora_io.h"
+#include "core/json.h"
 #include "core/util.h"
 #include "io/safetensors.h"
 
@@ -95,7 +96,9 @@ static int read_patterns(loader *L, const char *field, int integer, pattern **ou
     *out = p;
     const cJSON *e;
     cJSON_ArrayForEach(e, o) {
-        if (!cJSON_IsNumber(e) || (integer && (e->valuedouble < 1 || e->valuedouble != floor(e->valuedouble))))
+        /* ranks convert to int, alphas to float: both must fit (1e20 is not a rank, 1e300 not a scale) */
+        if (!cJSON_IsNumber(e) || !isfinite((float)e->valuedouble) ||
+            (integer && (e->valuedouble < 1 || e->valuedouble > (1 << 20) || e->valuedouble != floor(e->valuedouble))))
             return lg_errorf("%s: %s[\"%s\"] must be a %s", L->cfg_path, field, e->string,
                              integer ? "positive integer" : "number");
         size_t cap = strlen(e->string) + 16;
@@ -142,9 +145,10 @@ static int check_config(loader *L, lg_model *m) {
     if (!cJSON_IsString(pt) || strcmp(pt->valuestring, "LORA"))
         return lg_errorf("%s: peft_type %s is not supported (only LORA adapters: LoRA, rsLoRA, DoRA, and exports of "
                          "PiSSA / LoRA-GA / AdaLoRA as LoRA)", cfg, cJSON_IsString(pt) ? pt->valuestring : "(missing)");
-    if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble != floor(r->valuedouble))
-        return lg_errorf("%s: \"r\" must be a positive integer", cfg);
-    if (!cJSON_IsNumber(al)) return lg_errorf("%s: \"lora_alpha\" must be a number", cfg);
+    if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > (1 << 20) || r->valuedouble != floor(r->valuedouble))
+        return lg_errorf("%s: \"r\" must be a positive integer (at most 2^20)", cfg);
+    if (!cJSON_IsNumber(al) || !isfinite((float)al->valuedouble))
+        return lg_errorf("%s: \"lora_alpha\" must be a finite number", cfg);
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(j, "bias");
     if (bias && !cJSON_IsNull(bias) && (!cJSON_IsString(bias) || strcmp(bias->valuestring, "none")))
         return lg_errorf("%s: bias \"%s\" is not supported (only \"none\")", cfg,
@@ -321,9 +325,13 @@ int lg_adapter_set_load(lg_model *m, const char *dir, lg_adapter_set **out) {
         lg_errorf("%s: no adapter_config.json (not a PEFT adapter directory)", dir);
         goto done;
     }
-    if (lg_read_file(cfg_path, &txt, NULL) != 0) goto done;
-    L.j = cJSON_Parse(txt);
-    if (!L.j || !cJSON_IsObject(L.j)) {
+    size_t len;
+    if (lg_read_file(cfg_path, &txt, &len) != 0) goto done;
+    if (!(L.j = lg_json_parse(txt, len, "byte"))) {
+        lg_errorf_prefix("%s", cfg_path);
+        goto done;
+    }
+    if (!cJSON_IsObject(L.j)) {
         lg_errorf("%s: not a JSON object", cfg_path);
         goto done;
     }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json.h"
 #include "core/util.h"
 #include "model/generate.h"
 
@@ -167,8 +168,9 @@ static int load_jsonl(lg_task_set *s, const char *name, const char *text, size_t
         size_t b = 0;
         while (b < n && isspace((unsigned char)p[b])) b++;
         if (b == n) continue;
-        cJSON *j = cJSON_ParseWithLength(p, n);
-        if (!j || !cJSON_IsObject(j)) {
+        cJSON *j = lg_json_parse(p, n, "column");
+        if (!j) return lg_errorf_prefix("%s:%ld", name, line);
+        if (!cJSON_IsObject(j)) {
             cJSON_Delete(j);
             return lg_errorf("%s:%ld: not a JSON object", name, line);
         }

@@ -757,6 +757,14 @@ static int gm_has(void *ctx, const char *name) {
 /* llama.cpp's converter reorders the rows of each q/k head from Hugging Face's rotate-half layout
  * (pairs i, i + hd/2) to Meta's interleaved one (pairs 2i, 2i+1): GGUF row h*hd + 2i + s holds HF
  * row h*hd + s*hd/2 + i. Reading it back that way gives exactly the HF weights (rope_style HALF). */
+/* weights are computed with: a NaN or an infinity (also from a quantisation block's scale) is refused */
+static int check_finite(const lg_gguf *g, const char *gn, const float *x, int64_t n) {
+    int64_t bad = lg_first_nonfinite(x, n);
+    if (bad < 0) return 0;
+    return lg_errorf("%s: tensor '%s' holds a non-finite value (%g at element %lld); refusing it", g->name, gn,
+                     (double)x[bad], (long long)bad);
+}
+
 static int gm_read(void *ctx, const char *name, float *dst, int ndim, const int64_t *shape) {
     gm_ctx *c = ctx;
     lg_gguf *g = c->g;
@@ -775,7 +783,10 @@ static int gm_read(void *ctx, const char *name, float *dst, int ndim, const int6
     if (!lg_ggml_type_supported(t->type))
         return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: " SUPPORTED_TYPES ")",
                          g->name, gn, lg_ggml_type_name(t->type));
-    if (!ph) return lg_gguf_read_f32(g, t, dst);
+    if (!ph) {
+        if (lg_gguf_read_f32(g, t, dst) != 0) return -1;
+        return check_finite(g, gn, dst, t->numel);
+    }
     int hd = (int)(rows / ph);
     if (hd * ph != rows || hd % 2)
         return lg_errorf("%s: tensor '%s' has %lld rows, not %d heads of an even size", g->name, gn, (long long)rows, ph);
@@ -788,7 +799,7 @@ static int gm_read(void *ctx, const char *name, float *dst, int ndim, const int6
         int64_t src = h * hd + 2 * i + s;
         lg_gguf_dequant(t->type, base + (size_t)src * rb, dst + r * cols, cols);
     }
-    return 0;
+    return check_finite(g, gn, dst, t->numel);
 }
 
 void lg_gguf_model_close(lg_weight_src *src) {

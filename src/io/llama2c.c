@@ -43,6 +43,10 @@ static int l2c_read(void *ctx, const char *name, float *dst, int ndim, const int
         return lg_errorf("%s: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]", c->path, name,
                          (long long)e->shape[0], (long long)e1, (long long)s0, (long long)s1);
     memcpy(dst, c->data + e->off * 4, (size_t)(s0 * s1) * sizeof(float));
+    int64_t bad = lg_first_nonfinite(dst, s0 * s1);
+    if (bad >= 0)
+        return lg_errorf("%s: tensor '%s' holds a non-finite value (%g at element %lld); refusing it", c->path, name,
+                         (double)dst[bad], (long long)bad);
     return 0;
 }
 
@@ -85,7 +89,7 @@ int lg_llama2c_open(const char *path, lg_config *cfg, lg_weight_src *src) {
     cfg->n_heads = h[3];
     cfg->n_kv_heads = h[4];
     int shared = h[5] > 0;
-    cfg->vocab_size = h[5] < 0 ? -h[5] : h[5];
+    cfg->vocab_size = h[5] == INT32_MIN ? 0 : h[5] < 0 ? -h[5] : h[5]; /* -INT32_MIN overflows: 0 is refused below */
     cfg->max_seq = h[6];
     cfg->head_dim = cfg->n_heads > 0 ? cfg->dim / cfg->n_heads : 0;
     cfg->norm_eps = 1e-5f;
@@ -94,7 +98,7 @@ int lg_llama2c_open(const char *path, lg_config *cfg, lg_weight_src *src) {
     cfg->tied_embeddings = shared;
     cfg->bos_id = 1;
     cfg->eos_id = 2;
-    if (h[5] == INT32_MIN || lg_config_validate(cfg) != 0 || cfg->head_dim * cfg->n_heads != cfg->dim) {
+    if (lg_config_validate(cfg) != 0 || cfg->head_dim * cfg->n_heads != cfg->dim) {
         lg_errorf("%s: not a llama2.c checkpoint: header dim=%d hidden_dim=%d n_layers=%d n_heads=%d "
                   "n_kv_heads=%d vocab_size=%d seq_len=%d is inconsistent",
                   path, h[0], h[1], h[2], h[3], h[4], h[5], h[6]);

@@ -19,6 +19,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "core/json.h"
 #include "core/util.h"
 
 /* F32 data is memcpy'd straight from/to the file, which stores little-endian. */
@@ -324,9 +325,9 @@ static int open_index(lg_safetensors *st, const char *ipath) {
     char *text = NULL;
     size_t len = 0;
     if (lg_read_file(ipath, &text, &len) != 0) return -1;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *root = lg_json_parse(text, len, "byte");
     free(text);
-    if (!root) return lg_errorf("%s: not valid JSON", ipath);
+    if (!root) return lg_errorf_prefix("%s", ipath);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     int rc = 0;
     if (!cJSON_IsObject(root) || !cJSON_IsObject(wm) || !wm->child) {
@@ -487,19 +488,26 @@ int lg_st_read_f32(const lg_safetensors *st, const char *name, float *dst, int n
     switch (t->dtype) {
     case LG_DT_F32:
         if (n) memcpy(dst, src, n * sizeof(float));
-        return 0;
+        break;
     case LG_DT_F16: /* bytes, not uint16_t loads: the data may be unaligned */
         for (size_t i = 0; i < n; i++)
             dst[i] = lg_f16_to_f32((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
-        return 0;
+        break;
     case LG_DT_BF16:
         for (size_t i = 0; i < n; i++)
             dst[i] = lg_bf16_to_f32((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
-        return 0;
+        break;
     default:
         return lg_errorf("%s: tensor '%s': dtype %s is an integer type, cannot read as float32",
                          t->file, t->name, lg_dtype_name(t->dtype));
     }
+    /* weights, adapters and saved states are computed with: a NaN or an infinity would spread
+     * silently through every output */
+    int64_t bad = lg_first_nonfinite(dst, (int64_t)n);
+    if (bad >= 0)
+        return lg_errorf("%s: tensor '%s' holds a non-finite value (%g at element %lld); refusing it", t->file,
+                         t->name, (double)dst[bad], (long long)bad);
+    return 0;
 }
 
 /* ---- writing ------------------------------------------------------------------ */

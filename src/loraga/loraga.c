@@ -445,11 +445,15 @@ static void diagnose(const ga_target *t, const float *S, int r2, double *capture
         for (size_t i = 0; i < (size_t)t->l * n; i++) g2 += (double)t->Z[i] * t->Z[i];
         g2 /= t->l;
         *captured = g2 > 0 ? fmin(1.0, top / g2) : 0;
-        *align = sqrt(fmax(0.0, 1.0 - *captured));
+        *align = g2 > 0 ? sqrt(fmax(0.0, 1.0 - *captured)) : NAN; /* no gradient: nothing to align with */
         return;
     }
     for (size_t i = 0; i < (size_t)m * n; i++) g2 += (double)t->G[i] * t->G[i];
     *captured = g2 > 0 ? fmin(1.0, top / g2) : 0;
+    if (!(g2 > 0)) {
+        *align = NAN;
+        return;
+    }
     /* unit directions: the columns of B0 and rows of A0, normalised (scales do not matter here) */
     float *Ub = lg_malloc((size_t)m * r * sizeof(float)), *Va = lg_malloc((size_t)r * n * sizeof(float));
     memcpy(Ub, t->lo->B0, (size_t)m * r * sizeof(float));
@@ -472,7 +476,7 @@ static void diagnose(const ga_target *t, const float *S, int r2, double *capture
     ops->gemm(ops, 0, 0, m, n, r, -1.0f, GAt, r, Va, n, 1.0f, R, n);
     double e2 = 0;
     for (size_t i = 0; i < (size_t)m * n; i++) e2 += (double)R[i] * R[i];
-    *align = g2 > 0 ? sqrt(e2 / g2) : 0;
+    *align = sqrt(e2 / g2);
     free(Ub), free(Va), free(R), free(BtG), free(GAt);
 }
 
@@ -492,6 +496,8 @@ static void factorise_target(ga_target *t, int index, const lg_ga_opts *o, targe
     if (r2 > LG_MIN(t->m, t->n)) {
         res->rc = lg_errorf("%s: rank %d needs 2r = %d singular vectors but the layer is %d x %d", t->lo->lin->name,
                             r, r2, t->m, t->n);
+    } else if (!t->G && t->k < r2) {
+        res->rc = lg_errorf("%s: sketch width %d is below 2r = %d", t->lo->lin->name, t->k, r2);
     } else {
         float *U = lg_malloc((size_t)t->m * r2 * sizeof(float)), *V = lg_malloc((size_t)t->n * r2 * sizeof(float));
         res->rc = t->G ? lg_ga_svd(t->ops, t->G, t->m, t->n, r2, 4 * r, 4, target_seed(o->seed, index), U, res->S, V)
@@ -529,13 +535,27 @@ static int factorise_range(ga_target *t, int lo, int hi, const lg_ga_opts *o, lg
         if (!rc) { /* dist: every rank factorised the same G; rank 0's factors make the offsets identical */
             lg_dist_bcast(tg->lo->A0, (size_t)tg->lo->r * tg->n * sizeof(float), 0);
             lg_dist_bcast(tg->lo->B0, (size_t)tg->m * tg->lo->r * sizeof(float), 0);
-            rep->captured_mean += res[j].captured; /* divided by the count at the end */
-            rep->align_err_mean += res[j].align;
-            rep->captured_min = index == 0 ? res[j].captured : fmin(rep->captured_min, res[j].captured);
-            rep->align_err_max = fmax(rep->align_err_max, res[j].align);
+            const int zero = isnan(res[j].align); /* a zero gradient: no alignment to speak of, not a perfect one */
+            if (zero) {
+                rep->zero_gradient++;
+                if (lg_dist_rank() == 0)
+                    fprintf(stderr, "LoRA-GA: warning: %s received an exactly zero gradient over the estimation "
+                                    "batches (no example reaches it?): its initialisation is not gradient-aligned\n",
+                            tg->lo->lin->name);
+            } else { /* divided by the count at the end */
+                const int first = index - rep->zero_gradient == 0;
+                rep->captured_mean += res[j].captured;
+                rep->align_err_mean += res[j].align;
+                rep->captured_min = first ? res[j].captured : fmin(rep->captured_min, res[j].captured);
+                rep->align_err_max = fmax(rep->align_err_max, res[j].align);
+            }
             if (diag) {
-                fprintf(diag, "{\"module\": \"%s\", \"m\": %d, \"n\": %d, \"captured\": %.6f, \"align_err\": %.6f, "
-                              "\"sigma\": [", tg->lo->lin->name, tg->m, tg->n, res[j].captured, res[j].align);
+                char al[32];
+                if (zero) snprintf(al, sizeof al, "null, \"zero_gradient\": true");
+                else snprintf(al, sizeof al, "%.6f", res[j].align);
+                fprintf(diag, "{\"module\": \"%s\", \"m\": %d, \"n\": %d, \"captured\": %.6f, \"align_err\": %s, "
+                              "%s\"sigma\": [", tg->lo->lin->name, tg->m, tg->n, res[j].captured, al,
+                        tg->G ? "" : "\"estimated\": true, ");
                 for (int i = 0; i < r2; i++) fprintf(diag, "%s%.6g", i ? ", " : "", res[j].S[i]);
                 fprintf(diag, "]}\n");
             }
@@ -554,6 +574,15 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
     if (nt == 0) return lg_errorf("LoRA-GA: no adapted layers");
     if (o->batches < 1 || o->batch_size < 1 || o->seq_len < 2)
         return lg_errorf("LoRA-GA: --ga-batches and --ga-batch-size must be >= 1");
+    if (!(o->gamma > 0) || !isfinite(o->gamma)) /* the stable scale divides by sqrt(gamma) */
+        return lg_errorf("LoRA-GA: --ga-gamma %g must be a positive number", (double)o->gamma);
+    if (o->sketch_k < 0) return lg_errorf("LoRA-GA: --ga-sketch-k %d must be >= 0 (0: 8r)", o->sketch_k);
+    for (int i = 0; i < nt && o->mode == LG_GA_SKETCH && o->sketch_k > 0; i++)
+        if (o->sketch_k < 2 * lg_adapters_get(a, i)->r) /* the sketch must hold the 2r directions taken */
+            return lg_errorf("LoRA-GA: --ga-sketch-k %d is below 2r = %d (r %d): the sketches must span the 2r "
+                             "directions LoRA-GA takes; use at least %d (default 8r)",
+                             o->sketch_k, 2 * lg_adapters_get(a, i)->r, lg_adapters_get(a, i)->r,
+                             2 * lg_adapters_get(a, i)->r);
     ga_target *t = lg_calloc((size_t)nt, sizeof *t);
     for (int i = 0; i < nt; i++) {
         t[i].lo = lg_adapters_get(a, i);
@@ -709,9 +738,22 @@ int lg_loraga_init(lg_model *m, lg_adapters *a, const lg_ga_opts *o, lg_batch_fn
 done:
     for (int i = 0; i < nt; i++) apply_init(lg_model_ops(m), t[i].lo);
     lg_model_unpack(m); /* W changed */
-    rep->captured_mean /= nt;
-    rep->align_err_mean /= nt;
-    if (diag) fclose(diag);
+    rep->estimated = sketch;
+    if (rep->zero_gradient < nt) {
+        rep->captured_mean /= nt - rep->zero_gradient;
+        rep->align_err_mean /= nt - rep->zero_gradient;
+    } else {
+        rep->captured_mean = rep->align_err_mean = rep->captured_min = rep->align_err_max = NAN;
+    }
+    if (diag) {
+        int bad = ferror(diag);
+        bad |= fclose(diag) != 0;
+        diag = NULL;
+        if (bad) {
+            lg_errorf("%s: write failed (disk full?)", o->diag_path);
+            goto fail;
+        }
+    }
     free(scratch.om), free(scratch.psi), free(scratch.t1), free(scratch.t2);
     lg_st_close(cache);
     free(t);

@@ -70,8 +70,13 @@ typedef struct {
      * P_B, P_A the projections onto B0's columns and A0's rows, i.e. how far LoRA's first step is
      * from full fine-tuning's (sqrt(1 - captured) when the factorisation is exact). In sketch
      * mode G is never formed: ||G||_F^2 is estimated as ||Psi G||_F^2 / l and align_err as
-     * sqrt(1 - captured). */
+     * sqrt(1 - captured) -- estimates, which can read better than the exact optimum (estimated = 1).
+     * A target whose gradient is exactly zero (no example reached it) has no alignment: it is
+     * counted in zero_gradient, warned about, written with "align_err": null and left out of the
+     * means (all zero: the means are NaN). */
     double captured_mean, captured_min, align_err_mean, align_err_max;
+    int estimated;
+    int zero_gradient;
 } lg_ga_report;
 
 /* Run LoRA-GA on every adapter of `a` (attached with LG_INIT_NONE): estimate, factorise,

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json.h"
 #include "core/util.h"
 
 static int get_int(const cJSON *j, const char *key, int def, int *out, const char *path) {
@@ -58,6 +59,15 @@ int lg_config_validate(const lg_config *c) {
     POS(hidden_dim, "intermediate_size");
     POS(max_seq, "max_position_embeddings");
 #undef POS
+    /* 64-bit products of what a file says, before any of them sizes an int or an allocation:
+     * 1e9 heads or a head_dim of 1e9 must be an error here, not an overflow in the model */
+    if (c->n_heads > 65536 || c->n_kv_heads > 65536 || c->head_dim > 65536 ||
+        (int64_t)c->n_heads * c->head_dim > (1 << 20) || (int64_t)c->n_kv_heads * c->head_dim > (1 << 20))
+        return lg_errorf("config: implausible attention sizes (%d heads, %d key/value heads, head_dim %d)", c->n_heads,
+                         c->n_kv_heads, c->head_dim);
+    if ((int64_t)c->max_seq * c->head_dim > ((int64_t)1 << 27)) /* the RoPE tables: 4 bytes x max_seq x head_dim */
+        return lg_errorf("config: max_position_embeddings %d x head_dim %d is implausibly large", c->max_seq,
+                         c->head_dim);
     if (c->n_heads % c->n_kv_heads)
         return lg_errorf("config: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
                          c->n_heads, c->n_kv_heads);
@@ -65,12 +75,26 @@ int lg_config_validate(const lg_config *c) {
     if (c->arch == LG_ARCH_GPT2 && c->head_dim * c->n_heads != c->dim)
         return lg_errorf("config: n_embd (%d) is not divisible by n_head (%d)", c->dim, c->n_heads);
     if (!(c->norm_eps > 0) || !isfinite(c->norm_eps)) return lg_errorf("config: norm eps must be positive");
-    if (c->arch == LG_ARCH_LLAMA && !(c->rope_theta > 0)) return lg_errorf("config: rope_theta must be positive");
+    if (c->arch == LG_ARCH_LLAMA && !(c->rope_theta > 0 && isfinite(c->rope_theta)))
+        return lg_errorf("config: rope_theta must be a positive finite number");
     if (c->vocab_size > 10000000 || c->dim > 65536 || c->n_layers > 1000 || c->hidden_dim > 1 << 20 ||
         c->max_seq > 1 << 20)
         return lg_errorf("config: implausibly large sizes (vocab %d, dim %d, layers %d)", c->vocab_size,
                          c->dim, c->n_layers);
     return 0;
+}
+
+int64_t lg_config_n_params(const lg_config *c) {
+    const int64_t C = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers, S = c->max_seq;
+    const int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    if (c->arch == LG_ARCH_GPT2) /* wte, wpe; per layer ln_1, c_attn, attn c_proj, ln_2, c_fc, mlp c_proj; ln_f */
+        return V * C + S * C + L * (2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (F * C + F) + (C * F + C)) +
+               2 * C;
+    int64_t layer = 2 * C /* norms */ + qd * C + 2 * kvd * C + C * qd + 3 * F * C;
+    if (c->qkv_bias) layer += qd + 2 * kvd;
+    if (c->o_bias) layer += C;
+    if (c->mlp_bias) layer += 2 * F + C;
+    return V * C + L * layer + C + (c->tied_embeddings ? 0 : V * C);
 }
 
 int lg_config_load(const char *path_in, lg_config *c) {
@@ -79,9 +103,13 @@ int lg_config_load(const char *path_in, lg_config *c) {
     int rc = -1;
     cJSON *j = NULL;
     memset(c, 0, sizeof *c);
-    if (lg_read_file(path, &text, NULL) != 0) goto done;
-    j = cJSON_Parse(text);
-    if (!j || !cJSON_IsObject(j)) {
+    size_t len;
+    if (lg_read_file(path, &text, &len) != 0) goto done;
+    if (!(j = lg_json_parse(text, len, "byte"))) {
+        lg_errorf_prefix("%s", path);
+        goto done;
+    }
+    if (!cJSON_IsObject(j)) {
         lg_errorf("%s: not a valid JSON object", path);
         goto done;
     }

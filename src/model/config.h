@@ -32,8 +32,12 @@ typedef struct {
  * architectures or features (rope_scaling, sliding windows that matter, MoE) are refused
  * with a message naming the field. */
 int lg_config_load(const char *path, lg_config *c);
-/* Check internal consistency (dims divisible, positive sizes...); message names the field. */
+/* Check internal consistency (dims divisible, positive sizes, products bounded in 64-bit
+ * arithmetic...); message names the field. */
 int lg_config_validate(const lg_config *c);
+/* The number of parameters (floats) the config's tensors hold, in 64-bit arithmetic; a loader
+ * compares it with what the weight files hold before anything is allocated. */
+int64_t lg_config_n_params(const lg_config *c);
 /* Write config.json into dir (atomically). */
 int lg_config_save(const lg_config *c, const char *dir);
 

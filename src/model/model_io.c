@@ -17,6 +17,20 @@ static int ends_with(const char *s, const char *suf) {
     return a >= b && !strcmp(s + a - b, suf);
 }
 
+/* Before the model is allocated (and zeroed) from the config's sizes, they must be about what the
+ * weight files hold: a small config.json next to tiny weights must not reach gigabytes. The
+ * allocation stays within twice the values in the files plus 64 MB; a smaller disagreement (a
+ * layer too many, a wrong width) is left to the per-tensor shape checks, whose messages name the
+ * tensor. Files may hold more (buffers, a tied head stored twice). */
+static int check_budget(const char *path, const lg_config *cfg, int64_t have) {
+    int64_t need = lg_config_n_params(cfg);
+    if (need <= 2 * have + ((int64_t)1 << 24)) return 0;
+    return lg_errorf("%s: the config describes %lld parameters (%.1f MB as float32: vocab %d, hidden %d, %d layers, "
+                     "FFN %d) but the weights hold only %lld values: config and weights do not belong together",
+                     path, (long long)need, need * 4.0 / 1e6, cfg->vocab_size, cfg->dim, cfg->n_layers,
+                     cfg->hidden_dim, (long long)have);
+}
+
 int lg_model_load(const char *path, const lg_model_opts *opts, lg_model **out) {
     *out = NULL;
     lg_config cfg;
@@ -24,22 +38,32 @@ int lg_model_load(const char *path, const lg_model_opts *opts, lg_model **out) {
         if (lg_config_load(path, &cfg) != 0) return -1;
         lg_safetensors *st;
         if (lg_st_open(path, &st) != 0) return -1;
+        int64_t have = 0;
+        for (int i = 0; i < lg_st_count(st); i++) have += lg_st_get(st, i)->numel;
         lg_weight_src src = {st, st_read, st_has};
-        int rc = lg_model_create(&cfg, &src, 0, opts, out);
+        int rc = check_budget(path, &cfg, have);
+        if (!rc && (rc = lg_model_create(&cfg, &src, 0, opts, out)) != 0) lg_errorf_prefix("%s", path);
         lg_st_close(st);
-        if (rc) lg_errorf_prefix("%s", path);
         return rc;
     }
     if (!lg_file_exists(path)) return lg_errorf("%s: no such file or directory", path);
     lg_weight_src src;
     if (ends_with(path, ".gguf") || lg_gguf_is_gguf(path)) { /* llama.cpp's format: dequantised to float32 */
-        if (lg_gguf_model_open(path, &cfg, &src) != 0) return -1;
-        int rc = lg_model_create(&cfg, &src, 0, opts, out);
+        lg_gguf *g;
+        if (lg_gguf_open(path, &g) != 0) return -1;
+        if (lg_gguf_model_from(g, &cfg, &src) != 0) {
+            lg_gguf_close(g);
+            return -1;
+        }
+        int64_t have = 0;
+        for (int i = 0; i < lg_gguf_n_tensors(g); i++) have += lg_gguf_tensor_at(g, i)->numel;
+        int rc = check_budget(path, &cfg, have);
+        if (!rc && (rc = lg_model_create(&cfg, &src, 0, opts, out)) != 0) lg_errorf_prefix("%s", path);
         lg_gguf_model_close(&src);
-        if (rc) lg_errorf_prefix("%s", path);
+        lg_gguf_close(g);
         return rc;
     }
-    if (lg_llama2c_open(path, &cfg, &src) != 0) return -1;
+    if (lg_llama2c_open(path, &cfg, &src) != 0) return -1; /* its size is checked against its header */
     int rc = lg_model_create(&cfg, &src, 0, opts, out);
     lg_llama2c_close(&src);
     return rc;

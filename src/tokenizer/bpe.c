@@ -205,6 +205,40 @@ static void merge_word(const lg_tokenizer *t, tk_bpe_ws *ws, const char *w, size
     for (int i = 0; i >= 0; i = ws->sym[i].next) tk_ivec_push(out, ws->sym[i].id);
 }
 
+/* A "word" longer than this (a megabyte without a split point of the pre-tokenizer, or a whole
+ * document under a tokenizer without one, as LLaMA-2's) is merged in pieces of at most this size,
+ * cut before a space or a "▁" that starts a word where there is one: the merge state of a word
+ * costs ~50 bytes per byte, which a 50 MB word would take to 2.5 GB. SentencePiece-style
+ * vocabularies have no token that spans such a word start, so those cuts change nothing; a piece
+ * with no word start in its last half is cut at a character boundary. */
+#define MAX_WORD ((size_t)1 << 20)
+
+static int word_start(const char *w, size_t at) {
+    int here = w[at] == ' ' || (w[at] == '\xE2' && w[at + 1] == '\x96' && w[at + 2] == '\x81');
+    int before = w[at - 1] == ' ' || (at >= 3 && !memcmp(w + at - 3, "\xE2\x96\x81", 3));
+    return here && !before;
+}
+
+static int merge_long_word(const lg_tokenizer *t, tk_bpe_ws *ws, const char *w, size_t len, tk_ivec *out) {
+    for (size_t pos = 0; pos < len;) {
+        size_t end = len;
+        if (len - pos > MAX_WORD) {
+            end = 0;
+            for (size_t at = pos + MAX_WORD; at > pos + MAX_WORD / 2 && !end; at--)
+                if (word_start(w, at)) end = at;
+            if (!end)
+                for (end = pos + MAX_WORD; end > pos + 1 && ((unsigned char)w[end] & 0xC0) == 0x80;) end--;
+        }
+        merge_word(t, ws, w + pos, end - pos, out);
+        pos = end;
+    }
+    /* the workspace grew to a piece's size: give it back rather than keep it for short words */
+    free(ws->sym), free(ws->heap);
+    ws->sym = NULL, ws->heap = NULL;
+    ws->sym_cap = ws->heap_cap = 0;
+    return 0;
+}
+
 #define CACHE_MAX_WORD 256
 #define CACHE_MAX_ENTRIES 200000
 #define CACHE_MAX_IDS (4u << 20)
@@ -231,6 +265,7 @@ int tk_bpe_word(const lg_tokenizer *t, tk_bpe_ws *ws, const char *w, size_t len,
         pthread_mutex_unlock(&c->mu);
     }
     size_t first = out->n;
+    if (len > MAX_WORD) return merge_long_word(t, ws, w, len, out);
     merge_word(t, ws, w, len, out);
     if (cacheable && pthread_mutex_trylock(&c->mu) == 0) {
         if (c->map.n >= CACHE_MAX_ENTRIES || c->ids.n >= CACHE_MAX_IDS) {

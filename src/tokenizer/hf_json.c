@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json.h"
 #include "core/util.h"
 #include "tokenizer/tok_internal.h"
 
@@ -289,7 +290,8 @@ static int apply_config(lg_tokenizer *t, const char *cfg_text, size_t cfg_len, c
     t->eos = t->n_suffix ? t->suffix[t->n_suffix - 1] : guess(t, eos_names);
     t->pad = -1;
     if (!cfg_text) return 0;
-    cJSON *cfg = cJSON_ParseWithLength(cfg_text, cfg_len);
+    cJSON *cfg = lg_json_parse(cfg_text, cfg_len, "byte");
+    if (!cfg) return lg_errorf_prefix("%s: tokenizer_config.json", name);
     if (!cJSON_IsObject(cfg)) {
         cJSON_Delete(cfg);
         return lg_errorf("%s: tokenizer_config.json is not a JSON object", name);
@@ -467,12 +469,8 @@ int tk_hf_load(lg_tokenizer *t, const char *json, size_t len, const char *cfg, s
     if (bad != len) return lg_errorf("%s: not valid UTF-8 (byte %zu)", name, bad);
     if (cfg && (bad = lg_utf8_check(cfg, cfg_len)) != cfg_len)
         return lg_errorf("%s: tokenizer_config.json is not valid UTF-8 (byte %zu)", name, bad);
-    cJSON *root = cJSON_ParseWithLength(json, len);
-    if (!root) {
-        const char *ep = cJSON_GetErrorPtr();
-        size_t off = ep && ep >= json && ep <= json + len ? (size_t)(ep - json) : 0;
-        return lg_errorf("%s: not valid JSON (near byte %zu)", name, off);
-    }
+    cJSON *root = lg_json_parse(json, len, "byte");
+    if (!root) return lg_errorf_prefix("%s", name);
     int rc = -1;
     if (!cJSON_IsObject(root)) {
         lg_errorf("%s: top level is not a JSON object", name);

@@ -315,8 +315,13 @@ static int pretok(enc_ctx *c, int step, const char *s, size_t len, int at_origin
 }
 
 /* ---- normalizers ------------------------------------------------------------------ */
+/* Real normalizer chains grow a text a few times at most (" " -> "▁" triples it); a file can chain
+ * Replace rules that grow it without bound, so the output is capped. */
+#define NORM_MAX(len) (16 * (len) + 4096)
+
 static int normalize(enc_ctx *c, const char *s, size_t len, tk_buf *out) {
     const lg_tokenizer *t = c->t;
+    const size_t cap = NORM_MAX(len);
     tk_buf tmp = {0};
     out->n = 0;
     tk_buf_put(out, s, len);
@@ -325,12 +330,14 @@ static int normalize(enc_ctx *c, const char *s, size_t len, tk_buf *out) {
         if (out->n == 0) break;
         tmp.n = 0;
         if (nm->type == NORM_PREPEND) {
+            if (nm->alen + out->n > cap) goto grows;
             tk_buf_put(&tmp, nm->a, nm->alen);
             tk_buf_put(&tmp, out->p, out->n);
         } else if (nm->type == NORM_REPLACE && !nm->re) {
             size_t j = 0;
             while (j < out->n) {
                 if (nm->alen && j + nm->alen <= out->n && !memcmp(out->p + j, nm->a, nm->alen)) {
+                    if (tmp.n + nm->blen > cap) goto grows;
                     tk_buf_put(&tmp, nm->b, nm->blen);
                     j += nm->alen;
                 } else tk_buf_putc(&tmp, out->p[j++]);
@@ -343,6 +350,7 @@ static int normalize(enc_ctx *c, const char *s, size_t len, tk_buf *out) {
             }
             size_t prev = 0;
             for (size_t k = 0; k < c->m.n; k += 2) {
+                if (tmp.n + ((size_t)c->m.p[k] - prev) + nm->blen > cap) goto grows;
                 tk_buf_put(&tmp, out->p + prev, (size_t)c->m.p[k] - prev);
                 tk_buf_put(&tmp, nm->b, nm->blen);
                 prev = (size_t)c->m.p[k + 1];
@@ -351,12 +359,18 @@ static int normalize(enc_ctx *c, const char *s, size_t len, tk_buf *out) {
         } else {
             lg_nfc(out->p, out->n, &tmp.p, &tmp.n, &tmp.cap);
         }
+        if (tmp.n > cap) goto grows;
         tk_buf sw = *out;
         *out = tmp;
         tmp = sw;
     }
     free(tmp.p);
     return 0;
+grows:
+    free(tmp.p);
+    return lg_errorf("tokenizer: its normalizers grow a text of %zu bytes beyond %zu bytes (a chain of rules that "
+                     "grows the text without bound?); refusing",
+                     len, cap);
 }
 
 /* ---- added tokens ------------------------------------------------------------------ */
@@ -505,6 +519,44 @@ int lg_tokenizer_encode(const lg_tokenizer *t, const char *text, size_t len, int
     *ids = out.p;
     *n = (int)out.n;
     return 0;
+}
+
+/* Bytes of text to try first per wanted token (real tokens average 3-5 bytes), and the least. */
+#define PREFIX_BYTES_PER_TOKEN 16
+#define PREFIX_MIN_BYTES 4096
+
+static size_t utf8_floor(const char *s, size_t n, size_t at) {
+    if (at >= n) return n;
+    while (at > 0 && ((unsigned char)s[at] & 0xC0) == 0x80) at--;
+    return at;
+}
+
+int lg_tokenizer_encode_prefix(const lg_tokenizer *t, const char *text, size_t len, int max_tokens, int **ids, int *n) {
+    size_t want = max_tokens < 0 ? len : LG_MAX((size_t)PREFIX_MIN_BYTES, (size_t)max_tokens * PREFIX_BYTES_PER_TOKEN);
+    int *a = NULL, na = 0;
+    size_t pa = 0; /* bytes behind a */
+    for (;;) {
+        size_t p = utf8_floor(text, len, want);
+        if (p == 0) p = utf8_floor(text, len, want + 4); /* at least one character */
+        int *b, nb;
+        if (lg_tokenizer_encode(t, text, p, 0, &b, &nb) != 0) {
+            free(a);
+            return -1;
+        }
+        /* done: the whole text, or two prefixes agree on the first max_tokens ids */
+        int whole = p >= len;
+        int agree = a && na >= max_tokens && nb >= max_tokens && !memcmp(a, b, (size_t)max_tokens * sizeof(int));
+        if (whole || agree) {
+            free(a);
+            if (max_tokens >= 0 && nb > max_tokens) nb = max_tokens;
+            *ids = b;
+            *n = nb;
+            return 0;
+        }
+        free(a);
+        a = b, na = nb, pa = p;
+        want = 2 * pa;
+    }
 }
 
 /* ---- decode --------------------------------------------------------------------- */

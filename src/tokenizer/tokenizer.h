@@ -45,6 +45,11 @@ void lg_tokenizer_free(lg_tokenizer *t);
  * add_special_tokens=True. Added/special tokens in the text are always matched (as HF does).
  * *ids is malloc'd (caller frees; never NULL on success, even when *n == 0). */
 int lg_tokenizer_encode(const lg_tokenizer *t, const char *text, size_t len, int add_special, int **ids, int *n);
+/* The first max_tokens ids of lg_tokenizer_encode(text, add_special 0) (all of them when there are
+ * fewer; max_tokens < 0: all), tokenising only as much of a long text as that takes: a prefix of the
+ * text is accepted once its first max_tokens ids equal those of a prefix twice as long (a cut can
+ * only change the tokens next to it). Memory and time then follow max_tokens, not the text. */
+int lg_tokenizer_encode_prefix(const lg_tokenizer *t, const char *text, size_t len, int max_tokens, int **ids, int *n);
 
 /* decode flags */
 #define LG_DECODE_KEEP_SPECIAL 1 /* keep special tokens (default: skipped, as `tokenizers` does) */

@@ -16,6 +16,7 @@
 
 #include "adapters/lora.h"
 #include "adapters/lora_io.h"
+#include "core/json.h"
 #include "core/util.h"
 #include "io/safetensors.h"
 
@@ -128,28 +129,6 @@ static int sync_path(const char *path) {
     close(fd);
     if (rc != 0 && errno != EINVAL) return lg_errorf("%s: fsync failed: %s", path, strerror(errno));
     return 0;
-}
-
-static char *parent_dir(const char *path) {
-    char *p = lg_strdup(path);
-    size_t n = strlen(p);
-    while (n > 1 && p[n - 1] == '/') p[--n] = 0;
-    char *s = strrchr(p, '/');
-    if (!s) {
-        free(p);
-        return lg_strdup(".");
-    }
-    if (s == p) s[1] = 0;
-    else *s = 0;
-    return p;
-}
-
-static const char *base_name(const char *path, char *buf, size_t cap) {
-    snprintf(buf, cap, "%s", path);
-    size_t n = strlen(buf);
-    while (n > 1 && buf[n - 1] == '/') buf[--n] = 0;
-    char *s = strrchr(buf, '/');
-    return s ? s + 1 : buf;
 }
 
 /* Publish tmp as dir: an atomic exchange when dir exists (Linux renameat2), then drop the old one.
@@ -339,7 +318,7 @@ int lg_ckpt_write(const char *dir, const lg_ckpt_progress *p, const lg_opt_tenso
         if (have[f] && sync_path(paths[f]) != 0) goto out;
     if (sync_path(tmp) != 0 || publish_dir(tmp, dir) != 0) goto out;
     {
-        char *parent = parent_dir(dir);
+        char *parent = lg_path_parent(dir);
         sync_path(parent); /* best effort: the rename itself is already atomic */
         free(parent);
     }
@@ -383,20 +362,52 @@ static int num_field(const cJSON *j, const char *key, double *v, const char *pat
     return 0;
 }
 
+/* A checkpoint directory holds exactly what lg_ckpt_write puts there, as plain files. A link or a
+ * stranger in it means something else wrote it: resuming would read, and later delete, through it. */
+static int check_ckpt_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return lg_errorf("%s: cannot list: %s", dir, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while (!rc && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        int known = !strcmp(e->d_name, "trainer_state.json");
+        for (int f = 0; f < F_COUNT; f++) known |= !strcmp(e->d_name, CKPT_FILES[f]);
+        char *p = lg_path_join(dir, e->d_name);
+        struct stat st;
+        if (lstat(p, &st) != 0 || S_ISLNK(st.st_mode))
+            rc = lg_errorf("%s is a symbolic link: loraga writes none into a checkpoint, so something else put it "
+                           "there; refusing to use this checkpoint (a resume would read and later delete through it)",
+                           p);
+        else if (!known || !S_ISREG(st.st_mode))
+            rc = lg_errorf("%s: not a file loraga writes into a checkpoint; refusing a checkpoint directory it did not "
+                           "write", p);
+        free(p);
+    }
+    closedir(d);
+    return rc;
+}
+
 int lg_ckpt_open(const char *dir, lg_ckpt **out) {
     *out = NULL;
+    if (check_ckpt_entries(dir) != 0) return -1;
     char *sp = lg_path_join(dir, "trainer_state.json"), *txt = NULL;
-    if (lg_read_file(sp, &txt, NULL) != 0) {
+    size_t tlen = 0;
+    if (lg_read_file(sp, &txt, &tlen) != 0) {
         free(sp);
         return lg_errorf_prefix("not a checkpoint");
     }
     lg_ckpt *c = lg_calloc(1, sizeof *c);
     c->dir = lg_strdup(dir);
-    c->state = cJSON_Parse(txt);
+    c->state = lg_json_parse(txt, tlen, "byte");
     free(txt);
     int rc = -1;
-    if (!c->state || !cJSON_IsObject(c->state)) {
-        lg_errorf("%s: not valid JSON", sp);
+    if (!c->state) {
+        lg_errorf_prefix("%s", sp);
+        goto out;
+    }
+    if (!cJSON_IsObject(c->state)) {
+        lg_errorf("%s: not a JSON object", sp);
         goto out;
     }
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(c->state, "format");
@@ -604,7 +615,7 @@ int lg_ckpt_resolve(const char *path, char **ckpt_dir, char **run_dir) {
     char buf[PATH_MAX];
     if (is_ckpt_dir(path)) {
         *ckpt_dir = lg_strdup(path);
-        if (!strcmp(base_name(path, buf, sizeof buf), "checkpoint")) *run_dir = parent_dir(path);
+        if (!strcmp(lg_path_base(path, buf, sizeof buf), "checkpoint")) *run_dir = lg_path_parent(path);
         return 0;
     }
     /* a run directory: its checkpoint, or the previous one kept aside during a non-atomic swap */
@@ -656,13 +667,30 @@ char *lg_ckpt_outdir_begin(const char *out, const char *resume_ckpt) {
             return NULL;
         }
         int foreign = 0, ckpt = 0;
+        char *link = NULL; /* loraga writes no links: one here was planted (and would be followed) */
         struct dirent *e;
         while ((e = readdir(d))) {
             if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
             if (ckpt_entry(e->d_name)) ckpt = 1;
             else foreign = 1;
+            char *p = lg_path_join(out, e->d_name);
+            if (!link && lg_is_symlink(p)) link = p;
+            else free(p);
         }
         closedir(d);
+        if (link) {
+            lg_errorf("%s is a symbolic link: loraga writes none into a run directory, so something else put it there; "
+                      "refusing to use %s (remove the link)", link, out);
+            free(link);
+            return NULL;
+        }
+        static const char *const kept[] = {"checkpoint", "checkpoint.prev"};
+        for (int k = 0; k < 2; k++) {
+            char *c = lg_path_join(out, kept[k]);
+            int bad = lg_is_dir(c) && check_ckpt_entries(c) != 0;
+            free(c);
+            if (bad) return NULL;
+        }
         int ours = 0;
         if (ckpt && !foreign && resume_ckpt) {
             char *c1 = lg_path_join(out, "checkpoint"), *c2 = lg_path_join(out, "checkpoint.prev");
@@ -685,6 +713,7 @@ char *lg_ckpt_outdir_begin(const char *out, const char *resume_ckpt) {
         if (d) closedir(d);
     }
     if (lg_mkdir_p(out) != 0) return NULL;
+    lg_remove_stale_tmp(out); /* a killed run's RUNDIR.tmp.<pid> */
     char *tmp = str_printf("%s.tmp.%ld", out, (long)getpid());
     if (lg_mkdir_p(tmp) != 0) {
         free(tmp);

@@ -107,6 +107,18 @@ static char *loop_config(const lg_train_opts *o) {
     return txt;
 }
 
+/* Divergence: a learning rate far too high wrecks the weights, and the loss then sits at or above a
+ * uniform guess's ln V, or far above where it started, while the run would go on to "finish". Either,
+ * DIVERGED_STEPS updates in a row (one bad batch is not enough), stops the run. A model that started
+ * near ln V (random init) can only trip the second rule. */
+#define DIVERGED_STEPS 3
+static int diverged(const lg_model *m, float first, float loss, int *run) {
+    const double uniform = log((double)lg_model_config(m)->vocab_size);
+    int high = isfinite(first) && ((first < 0.8 * uniform && loss >= uniform) || (loss >= 4 * first && loss >= first + 4));
+    *run = high ? *run + 1 : 0;
+    return *run >= DIVERGED_STEPS;
+}
+
 /* Appends "; the last good checkpoint ..." to the current error message. */
 static void note_checkpoint(const lg_train_opts *o, const lg_train_result *res) {
     if (!o->ckpt_dir) return;
@@ -144,7 +156,7 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
     lg_ckpt *ck = NULL;
     lg_ckpt_cache cache = {0};
     long start = 0, bi = 0; /* bi: micro-batches consumed, the data position */
-    int in_loop = 0;
+    int in_loop = 0, high_steps = 0;
     double elapsed0 = 0;
     if ((o->ckpt_dir || o->resume_dir) && !(cfg = loop_config(o))) goto fail;
     if (o->resume_dir) {
@@ -205,6 +217,14 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         lg_dist_allreduce_grads(t, n); /* dist: sum the ranks' shares (no-op for one process) */
         lg_dist_allreduce_sum_f64(&loss_sum, 1);
         float loss = (float)(loss_sum / o->grad_accum);
+        if (diverged(m, step == 0 ? loss : res->first_loss, loss, &high_steps)) {
+            lg_errorf("step %ld: the loss has risen from %.4f to %.4f (a uniform guess over the %d tokens scores %.4f) "
+                      "for %d updates in a row: training diverged and is destroying the model; stopping. Lower the "
+                      "learning rate (--lr %g)",
+                      step + 1, res->first_loss, loss, lg_model_config(m)->vocab_size,
+                      log((double)lg_model_config(m)->vocab_size), DIVERGED_STEPS, (double)o->lr);
+            goto fail;
+        }
         if (o->after_backward && o->after_backward(step, o->after_backward_ud) != 0) goto fail;
         double gn = lg_grad_clip(t, n, o->clip); /* the norm before clipping, as reported */
         if (!isfinite(gn)) {
@@ -240,7 +260,10 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
                     p.step, p.loss, p.lr, p.grad_norm, p.tokens_per_s, p.elapsed);
             if (!isnan(p.val_loss)) fprintf(mf, ", \"val_loss\": %.9g", p.val_loss);
             fprintf(mf, ", \"precision\": \"%s\"}\n", lg_precision_name(lg_model_ops(m)->precision));
-            fflush(mf);
+            if (fflush(mf) != 0 || ferror(mf)) {
+                lg_errorf("step %ld: writing %s failed (disk full?)", step + 1, o->metrics_path);
+                goto fail;
+            }
         }
         if (o->on_progress && root) o->on_progress(&p, o->progress_ud);
         res->steps_done = step + 1;
@@ -260,7 +283,14 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
     }
     res->elapsed = lg_now() - t0;
     if (lg_dist_check_same(t, n) != 0) goto fail; /* dist: every rank must have taken the same steps */
-    if (mf) fclose(mf);
+    if (mf) {
+        int bad = fclose(mf) != 0;
+        mf = NULL;
+        if (bad) {
+            lg_errorf("%s: write failed (disk full?)", o->metrics_path);
+            goto fail;
+        }
+    }
     free(cfg);
     batch_free(&b);
     lg_adamw_free(&opt);
