@@ -112,7 +112,7 @@ test: deps-check build/loraga build/san/loraga $(TEST_BIN) build/tests/CTestTest
 # from seeds made of the test fixtures (scripts/fuzz.sh; findings land in build/fuzz/).
 FUZZ_CC    ?= clang
 FUZZ_TIME  ?= 60
-FUZZ_FLAGS := -std=c11 -g -O1 $(ARCH) -fopenmp -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS := -std=c11 -g -O1 $(ARCH) -fopenmp -Wno-pass-failed -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_BIN   := $(patsubst bench/%.c,build/fuzz/%,$(sort $(wildcard bench/fuzz_*.c)))
 FLIB_OBJ   := $(LIB_SRC:%.c=build/fuzz/obj/%.o)
 

@@ -47,7 +47,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                       (int64_t)c.n_layers * ((int64_t)c.dim * c.n_heads * c.head_dim * 4 + (int64_t)c.dim * c.hidden_dim * 3);
         if (est < (1 << 22) && c.max_seq <= 4096) {
             lg_model *m;
-            if (lg_model_create(&c, &src, 0, &m) == 0) lg_model_free(m);
+            if (lg_model_create(&c, &src, 0, NULL, &m) == 0) lg_model_free(m);
         }
         lg_gguf_model_close(&src);
     }
