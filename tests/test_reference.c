@@ -215,7 +215,7 @@ MODEL_TEST(qwen2_swa)
 #define GGUF_TEST(n)                                                                           \
     static void test_gguf_##n(void **state) {                                                  \
         (void)state;                                                                           \
-        assert_int_equal(compare_file(#n, "model.gguf", 0), MATCH);                            \
+        assert_int_equal(compare_file(#n, "model.gguf", 1), MATCH);                            \
     }
 GGUF_TEST(qwen2)
 GGUF_TEST(llama3_tied)

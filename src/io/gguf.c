@@ -924,6 +924,7 @@ int lg_gguf_model_from(lg_gguf *g, lg_config *cfg, lg_weight_src *src) {
     int64_t v;
     cfg->bos_id = lg_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &v) == 0 && v < vocab ? (int)v : -1;
     cfg->eos_id = lg_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &v) == 0 && v < vocab ? (int)v : -1;
+    cfg->pad_id = lg_gguf_get_int(g, "tokenizer.ggml.padding_token_id", &v) == 0 && v < vocab ? (int)v : -1;
     /* dtype to write back: the matrices' own when they are all F16 (or all BF16), else float32 */
     int n16 = 0, nb16 = 0, nmat = 0;
     for (int i = 0; i < g->n_t; i++) {

@@ -263,7 +263,8 @@ static int parse_llama_family(const cJSON *j, const char *mt, const char *path, 
         get_int(j, "max_position_embeddings", def_max, &c->max_seq, path) ||
         get_float(j, "rms_norm_eps", def_eps, &c->norm_eps, path) ||
         get_float(j, "rope_theta", def_theta, &c->rope_theta, path) ||
-        get_int(j, "bos_token_id", -1, &c->bos_id, path) || get_int(j, "eos_token_id", -1, &c->eos_id, path))
+        get_int(j, "bos_token_id", -1, &c->bos_id, path) || get_int(j, "eos_token_id", -1, &c->eos_id, path) ||
+        get_int(j, "pad_token_id", -1, &c->pad_id, path))
         return -1;
     const int def_hd = gemma ? 256 : qwen3 ? 128 : c->n_heads > 0 ? c->dim / c->n_heads : 0;
     if (get_int(j, "head_dim", def_hd, &c->head_dim, path)) return -1;
@@ -380,7 +381,7 @@ int lg_config_load(const char *path_in, lg_config *c) {
     const char *dt = get_str(j, "torch_dtype");
     if (!dt) dt = get_str(j, "dtype");
     snprintf(c->torch_dtype, sizeof c->torch_dtype, "%s", dt ? dt : "float32");
-    c->bos_id = c->eos_id = -1;
+    c->bos_id = c->eos_id = c->pad_id = -1;
     const int REQ = INT32_MIN;
     if (!strcmp(mt, "gpt2")) {
         c->arch = LG_ARCH_GPT2;
@@ -426,6 +427,21 @@ done:
 }
 
 
+/* A float field as JSON that reads back as a float: transformers' strict config classes refuse
+ * an integer literal (5) where they declare a float (final_logit_softcapping: float | None). */
+static void add_float(cJSON *o, const char *key, double v) {
+    char b[64];
+    snprintf(b, sizeof b, "%.9g", v);
+    if (!strpbrk(b, ".eni")) strcat(b, ".0");
+    cJSON_AddRawToObject(o, key, b);
+}
+static cJSON *float_item(double v) {
+    char b[64];
+    snprintf(b, sizeof b, "%.9g", v);
+    if (!strpbrk(b, ".eni")) strcat(b, ".0");
+    return cJSON_CreateRaw(b);
+}
+
 /* RoPE of the global layers as a legacy rope_scaling object (what transformers 4 and 5 both read);
  * NULL for plain RoPE. */
 static cJSON *rope_scaling_json(const lg_config *c) {
@@ -435,24 +451,24 @@ static cJSON *rope_scaling_json(const lg_config *c) {
     switch (rs->type) {
     case LG_ROPE_LINEAR:
         cJSON_AddStringToObject(o, "rope_type", "linear");
-        cJSON_AddNumberToObject(o, "factor", rs->factor);
+        add_float(o, "factor", rs->factor);
         break;
     case LG_ROPE_LLAMA3:
         cJSON_AddStringToObject(o, "rope_type", "llama3");
-        cJSON_AddNumberToObject(o, "factor", rs->factor);
-        cJSON_AddNumberToObject(o, "low_freq_factor", rs->low_freq_factor);
-        cJSON_AddNumberToObject(o, "high_freq_factor", rs->high_freq_factor);
+        add_float(o, "factor", rs->factor);
+        add_float(o, "low_freq_factor", rs->low_freq_factor);
+        add_float(o, "high_freq_factor", rs->high_freq_factor);
         cJSON_AddNumberToObject(o, "original_max_position_embeddings", rs->original_max);
         break;
     default: { /* LONGROPE (FACTORS are converted before saving, lg_model_save_hf) */
         cJSON_AddStringToObject(o, "rope_type", "longrope");
         cJSON *sf = cJSON_AddArrayToObject(o, "short_factor"), *lf = cJSON_AddArrayToObject(o, "long_factor");
         for (int i = 0; i < rs->n_factors; i++) {
-            cJSON_AddItemToArray(sf, cJSON_CreateNumber(rs->short_factor[i]));
-            cJSON_AddItemToArray(lf, cJSON_CreateNumber(rs->long_factor[i]));
+            cJSON_AddItemToArray(sf, float_item(rs->short_factor[i]));
+            cJSON_AddItemToArray(lf, float_item(rs->long_factor[i]));
         }
-        if (rs->factor > 0) cJSON_AddNumberToObject(o, "factor", rs->factor);
-        if (rs->attn_factor > 0) cJSON_AddNumberToObject(o, "attention_factor", rs->attn_factor);
+        if (rs->factor > 0) add_float(o, "factor", rs->factor);
+        if (rs->attn_factor > 0) add_float(o, "attention_factor", rs->attn_factor);
         cJSON_AddNumberToObject(o, "original_max_position_embeddings", rs->original_max);
         break;
     }
@@ -481,8 +497,8 @@ static void save_llama_family(const lg_config *c, cJSON *j) {
     cJSON_AddNumberToObject(j, "num_key_value_heads", c->n_kv_heads);
     cJSON_AddNumberToObject(j, "head_dim", c->head_dim);
     cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_seq);
-    cJSON_AddNumberToObject(j, "rms_norm_eps", c->norm_eps);
-    cJSON_AddNumberToObject(j, "rope_theta", c->rope_theta);
+    add_float(j, "rms_norm_eps", c->norm_eps);
+    add_float(j, "rope_theta", c->rope_theta);
     cJSON *rs = rope_scaling_json(c);
     if (rs) cJSON_AddItemToObject(j, "rope_scaling", rs);
     else cJSON_AddNullToObject(j, "rope_scaling");
@@ -494,13 +510,14 @@ static void save_llama_family(const lg_config *c, cJSON *j) {
     if (!qwen && !gemma && !phi3) cJSON_AddBoolToObject(j, "mlp_bias", c->mlp_bias);
     cJSON_AddBoolToObject(j, "tie_word_embeddings", c->tied_embeddings);
     if (gemma) {
-        cJSON_AddNumberToObject(j, "query_pre_attn_scalar",
-                                c->attn_scale > 0 ? 1.0 / ((double)c->attn_scale * c->attn_scale) : c->head_dim);
-        if (c->final_softcap > 0) cJSON_AddNumberToObject(j, "final_logit_softcapping", c->final_softcap);
+        /* an integer in transformers (query_pre_attn_scalar: int), as every Gemma's is */
+        double qpas = c->attn_scale > 0 ? 1.0 / ((double)c->attn_scale * c->attn_scale) : c->head_dim;
+        cJSON_AddNumberToObject(j, "query_pre_attn_scalar", floor(qpas + 0.5));
+        if (c->final_softcap > 0) add_float(j, "final_logit_softcapping", c->final_softcap);
         else cJSON_AddNullToObject(j, "final_logit_softcapping");
-        if (c->attn_softcap > 0) cJSON_AddNumberToObject(j, "attn_logit_softcapping", c->attn_softcap);
+        if (c->attn_softcap > 0) add_float(j, "attn_logit_softcapping", c->attn_softcap);
         else cJSON_AddNullToObject(j, "attn_logit_softcapping");
-        if (c->rope_theta_local > 0) cJSON_AddNumberToObject(j, "rope_local_base_freq", c->rope_theta_local);
+        if (c->rope_theta_local > 0) add_float(j, "rope_local_base_freq", c->rope_theta_local);
     }
     /* the window and its layers, in the keys each model type reads */
     int any_swa = 0;
@@ -525,9 +542,45 @@ static void save_llama_family(const lg_config *c, cJSON *j) {
     }
     cJSON_AddNumberToObject(j, "initializer_range", 0.02);
     cJSON_AddFalseToObject(j, "use_cache");
+    if (phi3) { /* Phi3Config's default pad_token_id (32000) is out of range for other vocabularies */
+        if (c->pad_id >= 0 && c->pad_id < c->vocab_size) cJSON_AddNumberToObject(j, "pad_token_id", c->pad_id);
+        else cJSON_AddNullToObject(j, "pad_token_id");
+    }
 }
 
-int lg_config_save(const lg_config *c, const char *dir) {
+/* GGUF's rope_freqs tensor holds Llama 3's per-frequency factors without their parameters: find the
+ * llama3 rope_scaling that reproduces them (factor = the largest, low/high 1/4 as every Llama 3.x,
+ * original_max a power of two) so that config.json can say it. 0 = found (c converted). */
+static int factors_to_llama3(lg_config *c) {
+    lg_rope_scaling *rs = &c->rope_scaling;
+    const int half = c->head_dim / 2;
+    float fmax = 1.0f;
+    for (int i = 0; i < half; i++) fmax = rs->short_factor[i] > fmax ? rs->short_factor[i] : fmax;
+    double *want = malloc((size_t)half * sizeof(double)), *got = malloc((size_t)half * sizeof(double)), ms;
+    lg_config t = *c;
+    t.rope_scaling.type = LG_ROPE_DEFAULT;
+    lg_config_rope_freqs(&t, 0, want, &ms);
+    for (int i = 0; i < half; i++) want[i] /= rs->short_factor[i];
+    int ok = 0;
+    for (int e = 4; e <= 24 && !ok; e++) {
+        t.rope_scaling = (lg_rope_scaling){.type = LG_ROPE_LLAMA3, .factor = fmax, .low_freq_factor = 1.0f,
+                                           .high_freq_factor = 4.0f, .original_max = 1 << e};
+        lg_config_rope_freqs(&t, 0, got, &ms);
+        ok = 1;
+        for (int i = 0; i < half; i++) ok &= fabs(got[i] - want[i]) <= 1e-5 * want[i];
+    }
+    free(want), free(got);
+    if (!ok) return -1;
+    *rs = t.rope_scaling;
+    return 0;
+}
+
+int lg_config_save(const lg_config *c_in, const char *dir) {
+    lg_config cc = *c_in;
+    const lg_config *c = &cc;
+    if (cc.rope_scaling.type == LG_ROPE_FACTORS && factors_to_llama3(&cc) != 0)
+        return lg_errorf("%s: the model's RoPE frequency factors (a GGUF rope_freqs tensor) are not Llama 3's "
+                         "rope scaling: config.json cannot describe them", dir);
     cJSON *j = cJSON_CreateObject();
     if (c->arch == LG_ARCH_GPT2) {
         cJSON *a = cJSON_AddArrayToObject(j, "architectures");

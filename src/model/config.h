@@ -49,6 +49,7 @@ typedef struct {
     int o_bias, mlp_bias;
     int tied_embeddings;
     int bos_id, eos_id;    /* -1 when unknown */
+    int pad_id;            /* pad_token_id, -1 when none or unknown (written back: Phi-3's default is 32000) */
     char torch_dtype[16];  /* "float32", "bfloat16", "float16": dtype to write back */
 
     /* ---- switches of the one decoder beyond LLaMA; zero = LLaMA's behaviour ---------------- */
