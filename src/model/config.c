@@ -132,6 +132,25 @@ void lg_config_rope_freqs(const lg_config *c, int local, double *inv, double *ms
 
 int lg_config_local_rope(const lg_config *c, int l) { return c->rope_theta_local > 0 && c->swa_layers[l]; }
 
+const char *lg_config_default_targets(const lg_config *c) {
+    if (c->arch == LG_ARCH_GPT2) return "c_attn,c_proj,c_fc";
+    if (c->fused_qkv && c->fused_gate_up) return "qkv_proj,o_proj,gate_up_proj,down_proj";
+    return "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+}
+
+const char *lg_config_peft_targets(const lg_config *c) {
+    static const char *const map[][2] = { /* PEFT 0.21 */
+        {"llama", "q_proj,v_proj"},  {"mistral", "q_proj,v_proj"},     {"qwen2", "q_proj,v_proj"},
+        {"qwen3", "q_proj,v_proj"},  {"gemma2", "q_proj,v_proj"},      {"gemma3_text", "q_proj,v_proj"},
+        {"gpt2", "c_attn"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(c->model_type, map[i][0])) return map[i][1];
+    lg_errorf("PEFT has no default target modules for model_type \"%s\" (it asks for target_modules); name them "
+              "with --targets, e.g. %s or all-linear", c->model_type, lg_config_default_targets(c));
+    return NULL;
+}
+
 
 /* ---- the LLaMA family: llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3 ------------------- */
 

@@ -78,6 +78,14 @@ int lg_config_load(const char *path, lg_config *c);
 /* The RoPE inverse frequencies (head_dim / 2 of them) and the cos/sin multiplier of the global
  * layers (local = 0) or of the sliding-window layers (local = 1; differs only with rope_theta_local). */
 void lg_config_rope_freqs(const lg_config *c, int local, double *inv_freq, double *mscale);
+/* loraga's default LoRA targets: every attention and MLP projection, in this architecture's module
+ * names ("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"; Phi-3 "qkv_proj,o_proj,
+ * gate_up_proj,down_proj"; GPT-2 "c_attn,c_proj,c_fc"). */
+const char *lg_config_default_targets(const lg_config *c);
+/* PEFT's default target_modules for the model_type (peft.utils.constants'
+ * TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING), or NULL with a message where PEFT has none
+ * (phi3: PEFT asks for target_modules). */
+const char *lg_config_peft_targets(const lg_config *c);
 /* Whether layer l uses the local RoPE tables (Gemma 3's sliding layers with their own base). */
 int lg_config_local_rope(const lg_config *c, int l);
 /* Check internal consistency (dims divisible, positive sizes...); message names the field. */
