@@ -22,6 +22,7 @@
 #include "adapters/lora_io.h"
 #include "core/util.h"
 #include "eval/adapter_set.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "loraga/loraga.h"
 #include "model/generate.h"
@@ -418,6 +419,56 @@ static void test_config_refusals(void **state) {
     free(tmp);
 }
 
+/* ---- GGUF names for writers -------------------------------------------------------------------------- */
+
+/* lg_gguf_tensor_name is the reader's map backwards: every parameter of a model read from a
+ * llama.cpp-converted GGUF names a tensor of that file holding exactly its values under the stated
+ * conventions (permuted rows, w + 1), and every matrix and norm of the file is named. */
+static void test_gguf_names(void **state) {
+    (void)state;
+    static const char *const names[] = {"qwen2", "llama3_tied", "qwen3", "gemma2", "gemma3_text", "phi3"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char *dir = gdir(names[i]), *path = lg_path_join(dir, "model.gguf");
+        lg_gguf *g;
+        if (lg_gguf_open(path, &g) != 0) fail_msg("%s", lg_last_error());
+        lg_model *m = load_golden(names[i], "model.gguf");
+        const lg_config *c = lg_model_config(m);
+        int hit = 0;
+        for (int k = 0; k < lg_model_n_params(m); k++) {
+            const lg_param *p = lg_model_param(m, k);
+            if (c->tied_embeddings && !strcmp(p->name, "lm_head.weight")) continue;
+            char gn[160];
+            int perm, plus1;
+            if (lg_gguf_tensor_name(c, p->name, gn, sizeof gn, &perm, &plus1) != 0) fail_msg("%s: no GGUF name", p->name);
+            const lg_gguf_tensor *t = lg_gguf_find_tensor(g, gn);
+            if (!t || t->numel != p->numel) fail_msg("%s -> %s: absent or another size", p->name, gn);
+            float *raw = malloc((size_t)t->numel * sizeof(float));
+            assert_int_equal(lg_gguf_read_f32(g, t, raw), 0);
+            const int64_t rows = p->ndim == 2 ? p->shape[0] : p->numel, cols = p->ndim == 2 ? p->shape[1] : 1;
+            const int hd = perm ? (int)(rows / perm) : 1;
+            for (int64_t r = 0; r < rows; r++) {
+                int64_t src = r;
+                if (perm) { /* HF row h*hd + s*hd/2 + j is GGUF row h*hd + 2j + s */
+                    const int64_t h = r / hd, jj = r % hd, sh = jj / (hd / 2), j = jj % (hd / 2);
+                    src = h * hd + 2 * j + sh;
+                }
+                for (int64_t e = 0; e < cols; e++)
+                    assert_true(raw[src * cols + e] - (plus1 ? 1.0f : 0.0f) == p->data[r * cols + e]);
+            }
+            assert_true(!plus1 || strstr(p->name, "norm")); /* only Gemma's norms carry + 1 */
+            free(raw);
+            hit++;
+        }
+        int tensors = 0; /* every tensor of the file but the RoPE factors */
+        for (int k = 0; k < lg_gguf_n_tensors(g); k++) tensors += !strstr(lg_gguf_tensor_at(g, k)->name, "rope_");
+        assert_int_equal(hit, tensors);
+        print_message("%-12s %s: %d tensors named both ways\n", names[i], lg_gguf_arch_name(c), hit);
+        lg_model_free(m);
+        lg_gguf_close(g);
+        free(dir), free(path);
+    }
+}
+
 /* ---- the real clients: transformers and PEFT read what loraga writes -------------------------------- */
 
 /* Our logits for the reference ids as the dump check_saved.py reads ("ids.<b>", "logits.<b>"). */
@@ -512,7 +563,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lora_grads_vs_peft), cmocka_unit_test(test_every_method_trains),
         cmocka_unit_test(test_decode_matches_forward), cmocka_unit_test(test_targets),
-        cmocka_unit_test(test_config_refusals),   cmocka_unit_test(test_real_clients),
+        cmocka_unit_test(test_config_refusals),   cmocka_unit_test(test_gguf_names),
+        cmocka_unit_test(test_real_clients),
     };
     return cmocka_run_group_tests_name("archs", tests, NULL, NULL);
 }

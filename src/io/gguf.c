@@ -951,6 +951,24 @@ int lg_gguf_model_from(lg_gguf *g, lg_config *cfg, lg_weight_src *src) {
     return 0;
 }
 
+const char *lg_gguf_arch_name(const lg_config *c) {
+    if (c->arch == LG_ARCH_LLAMA && (!strcmp(c->model_type, "mistral") || !c->model_type[0])) return "llama";
+    for (size_t i = 0; i < sizeof GG_ARCH / sizeof GG_ARCH[0]; i++)
+        if (c->arch == LG_ARCH_LLAMA && !strcmp(c->model_type, GG_ARCH[i][1])) return GG_ARCH[i][0];
+    lg_errorf("model_type \"%s\" has no GGUF architecture here", c->model_type);
+    return NULL;
+}
+
+int lg_gguf_tensor_name(const lg_config *c, const char *hf, char *out, size_t cap, int *perm_heads, int *plus1) {
+    const char *arch = lg_gguf_arch_name(c);
+    if (!arch) return -1;
+    const gm_ctx ctx = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
+                        .permute_qk = !strcmp(arch, "llama"), .norm_plus1 = c->gemma_norms, .post_norms = c->post_norms};
+    if (map_name(&ctx, hf, out, cap, perm_heads) != 0) return -1;
+    *plus1 = ctx.norm_plus1 && ends_with(hf, "norm.weight");
+    return 0;
+}
+
 int lg_gguf_model_open(const char *path, lg_config *cfg, lg_weight_src *src) {
     memset(src, 0, sizeof *src);
     lg_gguf *g;

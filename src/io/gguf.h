@@ -105,6 +105,14 @@ int lg_gguf_model_open(const char *path, lg_config *c, lg_weight_src *src);
 void lg_gguf_model_close(lg_weight_src *src);
 /* Same, from an already open file (the handle stays the caller's; it must outlive src). */
 int lg_gguf_model_from(lg_gguf *g, lg_config *c, lg_weight_src *src);
+/* For writers (export), the reader's conventions in the other direction: llama.cpp's architecture
+ * name for the model ("llama" for llama/mistral, "qwen2", "qwen3", "gemma2", "gemma3", "phi3"; NULL
+ * with a message for others), and the GGUF name of Hugging Face tensor `hf` (0; -1 when it has
+ * none), with *perm_heads > 0 when llama.cpp stores its rows permuted to interleaved RoPE order
+ * (LLaMA's q/k weights and biases: heads of the q or k projection) and *plus1 when it stores w + 1
+ * (Gemma's norm weights). */
+const char *lg_gguf_arch_name(const lg_config *c);
+int lg_gguf_tensor_name(const lg_config *c, const char *hf, char *out, size_t cap, int *perm_heads, int *plus1);
 
 /* ---- tokenizer and chat template from the metadata ---- */
 /* tokenizer.ggml.model "gpt2" (byte-level BPE: tokens, merges, token types, pre-tokenizer named by
