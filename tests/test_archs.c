@@ -389,7 +389,7 @@ static void test_config_refusals(void **state) {
         {"{\"model_type\": \"gemma3_text\", " BASE ", \"layer_types\": [\"full_attention\"]}", "layer_types"},
         {"{\"model_type\": \"phi3\", " BASE ", \"rope_scaling\": {\"rope_type\": \"longrope\", \"short_factor\": [1], "
          "\"long_factor\": [1, 2]}, \"original_max_position_embeddings\": 4}", "short_factor has 1 entries"},
-        {"{\"model_type\": \"gemma3\", " BASE "}", "model_type \"gemma3\" not supported"},
+        {"{\"model_type\": \"gemma3\", " BASE "}", "model_type \"gemma3\" (multimodal Gemma 3) not supported"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         write_config(tmp, bad[i][0]);

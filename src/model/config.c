@@ -425,6 +425,10 @@ int lg_config_load(const char *path_in, lg_config *c) {
             lg_errorf("%s: activation_function \"%s\" not supported (gelu_new only)", path, act);
             goto done;
         }
+    } else if (!strcmp(mt, "gemma3")) { /* Gemma3ForConditionalGeneration: vision tower + text model */
+        lg_errorf("%s: model_type \"gemma3\" (multimodal Gemma 3) not supported: its text-only models "
+                  "(model_type gemma3_text, e.g. gemma-3-270m, gemma-3-1b) are, and its GGUF language model", path);
+        goto done;
     } else if (llama_family(mt)) {
         c->arch = LG_ARCH_LLAMA;
         if (parse_llama_family(j, mt, path, c) != 0) goto done;
