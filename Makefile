@@ -13,7 +13,7 @@ WARN     := -Wall -Wextra -Wshadow -Wno-unused-parameter -Wstrict-prototypes
 CPPFLAGS := -Iinclude -Isrc -I$(BLAS_INC) -D_GNU_SOURCE
 CFLAGS   := -std=c11 $(OPT) $(ARCH) -g $(WARN) -fopenmp
 # OpenMP build of OpenBLAS: one thread pool shared with our own OpenMP loops.
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llapacke -ldnnl -lcjson -lpcre2-8 -lm -fopenmp
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -llapacke -ldnnl -lcjson -lpcre2-8 -lyaml -lm -fopenmp
 
 SAN      := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -40,7 +40,7 @@ SLIB_OBJ := $(LIB_SRC:%.c=build/san/%.o)
 SCLI_OBJ := $(filter-out build/san/src/cli/main.o,$(CLI_SRC:%.c=build/san/%.o))
 TEST_BIN := $(TEST_SRC:tests/%.c=build/tests/%)
 
-.PHONY: all deps test demo clean bench FORCE
+.PHONY: all deps deps-check test demo clean bench FORCE
 all: deps-check build/loraga
 
 deps-check:
@@ -53,7 +53,9 @@ build/libloraga.a: $(LIB_OBJ)
 build/loraga: $(CLI_OBJ) build/libloraga.a
 	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libloraga.a $(LDLIBS) $(MPI_LD)
 
-build/obj/%.o: %.c
+# Order-only: compilation waits for the dependency check (which may install the headers) without
+# being rebuilt by it, so `make -jN` on a fresh machine does not race the install.
+build/obj/%.o: %.c | deps-check
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
@@ -68,8 +70,17 @@ build/mpi.stamp: FORCE | deps-check
 	  echo "LORAGA_MPI=1 but mpicc is not installed (apt-get install libopenmpi-dev openmpi-bin)" >&2; exit 1; fi
 	@echo "MPI=$(MPI_ON) $(MPI_CPP) $(MPI_LD)" | cmp -s - $@ || echo "MPI=$(MPI_ON) $(MPI_CPP) $(MPI_LD)" > $@
 
+# `loraga --version` and run.json name the commit the binary was built from; version.o is rebuilt
+# only when that changes (the stamp is rewritten only then).
+GIT_COMMIT := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+build/version.stamp: FORCE
+	@mkdir -p $(@D)
+	@echo '$(GIT_COMMIT)' | cmp -s - $@ || echo '$(GIT_COMMIT)' > $@
+build/obj/src/core/version.o build/san/src/core/version.o: build/version.stamp
+build/obj/src/core/version.o build/san/src/core/version.o: CPPFLAGS += -DLG_GIT_COMMIT='"$(GIT_COMMIT)"'
+
 # Sanitised objects for the tests (same sources, -O1 for useful stacks).
-build/san/%.o: %.c
+build/san/%.o: %.c | deps-check
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -std=c11 -O1 -g $(ARCH) $(WARN) -fopenmp $(SAN) -MMD -MP -c $< -o $@
 

@@ -2,8 +2,9 @@
 # bench/compare.sh [--rounds N] [--out DIR] [CONFIG...] — loraga vs the PyTorch peer, side by side.
 #
 # For each CONFIG (default: tiny small) and mode (fwd, full, lora, loraga) it runs, back to back,
-#   build/loraga bench --config C --mode M --threads T --json      (T = 2; tiny also 1)
-#   ../shared/bench/run_peer.sh C M                                  (best of PyTorch's set-ups)
+#   build/loraga bench --config C --mode M --threads T --json      (T = 2; tiny also 1; precision auto)
+#   build/loraga bench ... --precision bf16 (and fp32)             (fwd/full/lora, 2 threads: both precisions)
+#   ../shared/bench/run_peer.sh C M                                  (best of PyTorch's set-ups, bf16 autocast included)
 # then, for lora, the memory options (--base-dtype bf16, and with --recompute), and, for loraga, the
 # three estimation memory modes (all / serial / sketch) in separate processes
 # so each peak RSS is that mode's own. Everything is repeated --rounds times (default 2), pair by
@@ -11,8 +12,13 @@
 # those and the spread of the per-round ratios. Raw JSON lines go to DIR/results.jsonl (default: a
 # new folder under /tmp). Nothing here is a test: no threshold fails the script.
 #
+# With a real model directory in MODEL (default: SmolLM2-135M-Instruct as `make demo` caches it, when
+# there), also `loraga bench --model MODEL --mode lora` (4 x 128 tokens, r 8 on all linear layers) in
+# both precisions against transformers + PEFT (../shared/bench/peft_bench.py, fp32 and bf16 autocast).
+#
 # Environment: LORAGA (default build/loraga), PEER (default ../shared/bench/run_peer.sh),
-# MODES (default "fwd full lora loraga").
+# MODES (default "fwd full lora loraga"), MODEL (a model directory, or "none"),
+# PEER_PY (a Python with torch, transformers, peft; default: ../shared/bench/peer_venv.sh's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=2 OUT=""
@@ -57,6 +63,11 @@ for round in $(seq 1 "$ROUNDS"); do
             for t in $THREADS; do
                 record loraga "$round" "$t" "$LORAGA" bench --config "$c" --mode "$m" --threads "$t" --json
             done
+            if [ "$m" != loraga ]; then # both precisions explicitly (auto is one of them)
+                for p in fp32 bf16; do
+                    record "loraga-$p" "$round" 2 "$LORAGA" bench --config "$c" --mode "$m" --precision "$p" --threads 2 --json
+                done
+            fi
             record torch "$round" 0 "$PEER" "$c" "$m"
             if [ "$m" = lora ]; then # the memory options: bf16 frozen base, and with recomputation
                 record loraga-bf16 "$round" 2 "$LORAGA" bench --config "$c" --mode lora --base-dtype bf16 --threads 2 --json
@@ -72,5 +83,21 @@ for round in $(seq 1 "$ROUNDS"); do
         done
     done
 done
+# the real model: loraga (both precisions) vs transformers + PEFT (fp32 and bf16 autocast)
+MODEL=${MODEL:-$(ls -d "${LORAGA_CACHE:-$HOME/.cache/loraga}"/smollm2-hf-* 2>/dev/null | head -n 1)}
+if [ -n "$MODEL" ] && [ "$MODEL" != none ] && [ -d "$MODEL" ]; then
+    PEER_PY=${PEER_PY:-$(../shared/bench/peer_venv.sh 2>/dev/null || true)}
+    for round in $(seq 1 "$ROUNDS"); do
+        echo "round $round: model $MODEL (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+        for p in fp32 bf16; do
+            record "model-loraga-$p" "$round" 2 "$LORAGA" bench --model "$MODEL" --mode lora --batch-size 4 --seq-len 128 --precision "$p" --threads 2 --json
+        done
+        if [ -n "$PEER_PY" ]; then
+            for ac in no bf16; do
+                record "model-peft-$ac" "$round" 2 sh -c "'$PEER_PY' ../shared/bench/peft_bench.py '$MODEL' --mode lora --autocast $ac --threads 2 | sed -n 's/^RESULT //p'"
+            done
+        fi
+    done
+fi
 $PY bench/compare_table.py "$RES"
 echo "raw results: $RES" >&2

@@ -36,9 +36,12 @@ def main():
     failed = [r for r in load(sys.argv[1]) if "failed" in r]
     ours = defaultdict(list)  # (who, config, mode, threads) -> [rows]
     peer = defaultdict(list)  # (config, mode) -> [rows]
+    model = defaultdict(list)  # who -> [rows] (the real-model comparison)
     for r in rows:
         if r["who"] == "torch":
             peer[(r["config"], r["mode"])].append(r)
+        elif r["who"].startswith("model-"):
+            model[r["who"]].append(r)
         else:
             ours[(r["who"], r["config"], r["mode"], r["req_threads"])].append(r)
     configs = sorted({k[1] for k in ours}, key=lambda c: ["tiny", "small"].index(c) if c in ("tiny", "small") else 9)
@@ -46,7 +49,7 @@ def main():
 
     print("### Throughput (tokens/s; best round of each side; ratio = loraga / PyTorch at the same threads)\n")
     print("| config | mode | threads | loraga tok/s | PyTorch tok/s | ratio | per-round ratios | "
-          "loraga GFLOP/s | share of sgemm ceiling | loraga peak RSS MB | PyTorch peak RSS MB | RSS ratio |")
+          "loraga GFLOP/s | share of GEMM ceiling | loraga peak RSS MB | PyTorch peak RSS MB | RSS ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for c in configs:
         for m in modes:
@@ -72,16 +75,50 @@ def main():
                       f"{best['gflops'] / best['ceiling_gflops'] * 100:.0f} % of {best['ceiling_gflops']:.0f} | "
                       f"{fmt(min(r['peak_rss_mb'] for r in rs))} | {fmt(prss)} | "
                       f"{fmt(min(r['peak_rss_mb'] for r in rs) / prss if prss else None, 2)} |")
-    # best PyTorch over all set-ups, for the record (run_peer.sh's order: Debian's torch as installed,
-    # then OpenMP OpenBLAS + jemalloc, then (tiny) one thread)
-    names = ["as installed", "OpenMP OpenBLAS + jemalloc", "one thread"]
-
+    # best PyTorch over all set-ups, for the record (run_peer.sh's candidate tags: pypi, pypi-bf16,
+    # pypi-1t, debian, debian-tuned, debian-1t)
     def setup(p):
-        c = p.get("candidates", [])
-        i = max(range(len(c)), key=lambda j: c[j][2] or 0) if c else 0
-        return f"{names[i] if i < len(names) else i}, {p['threads']} thr, {p['tokens_per_s']:,.0f} tok/s"
+        return f"{p.get('tag', '?')}, {p['threads']} thr, {p['tokens_per_s']:,.0f} tok/s"
     print("\nBest PyTorch set-up (run_peer.sh's pick, best round): " + "; ".join(
         f"{c} {m}: {setup(max(pr, key=lambda p: p['tokens_per_s']))}" for (c, m), pr in sorted(peer.items())))
+
+    print("\n### Precision of the linear layers (2 threads; best round; ratio against PyTorch's best set-up)\n")
+    print("| config | mode | precision | what computes | tok/s | vs PyTorch best | share of this precision's "
+          "ceiling | share of the fp32 ceiling | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in configs:
+        for m in modes:
+            for p in ("fp32", "bf16"):
+                rs = ours.get((f"loraga-{p}", c, m, 2))
+                if not rs:
+                    continue
+                best = max(rs, key=lambda r: r["tokens_per_s"])
+                pr = peer.get((c, m), [])
+                pbest = max((x["tokens_per_s"] for x in pr), default=None)
+                print(f"| {c} | {m} | {p} | {best.get('compute', '?')} | {fmt(best['tokens_per_s'])} | "
+                      f"{fmt(best['tokens_per_s'] / pbest if pbest else None, 2)}× | "
+                      f"{100 * best['share_of_ceiling']:.0f} % of {best['ceiling_gflops']:.0f} | "
+                      f"{100 * best.get('share_of_fp32_ceiling', 0):.0f} % of {best.get('ceiling_fp32_gflops', 0):.0f} | "
+                      f"{fmt(min(r['peak_rss_mb'] for r in rs))} |")
+
+    if model:
+        print("\n### A real model: LoRA step (r 8 on all linear layers, 4 x 128 random tokens, AdamW; best round)\n")
+        print("| who | precision | tok/s | peak RSS MB |")
+        print("|---|---|---|---|")
+        for who in ("model-loraga-fp32", "model-loraga-bf16", "model-peft-no", "model-peft-bf16"):
+            rs = model.get(who)
+            if not rs:
+                continue
+            best = max(rs, key=lambda r: r["tokens_per_s"])
+            name = "loraga" if "loraga" in who else "transformers + PEFT"
+            prec = best.get("precision") or ("bf16 autocast" if who.endswith("bf16") else "fp32")
+            print(f"| {name} | {prec} | {fmt(best['tokens_per_s'])} | {fmt(min(r['peak_rss_mb'] for r in rs))} |")
+        lo = max((r["tokens_per_s"] for w in ("model-loraga-fp32", "model-loraga-bf16") for r in model.get(w, [])),
+                 default=None)
+        pe = max((r["tokens_per_s"] for w in ("model-peft-no", "model-peft-bf16") for r in model.get(w, [])),
+                 default=None)
+        if lo and pe:
+            print(f"\nBest loraga / best transformers + PEFT: {lo / pe:.2f}×")
 
     print("\n### LoRA step memory options (2 threads; best round; RSS ratio against PyTorch's LoRA step)\n")
     print("| config | base storage | recomputation | tok/s | vs fp32 loraga | peak RSS MB | RSS / PyTorch |")

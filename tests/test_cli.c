@@ -355,6 +355,32 @@ static void test_bf16_matches_fp32(void **state) {
     free(train);
 }
 
+/* `loraga bench --model DIR`: the benchmark on a real model directory (random tokens, r 8 on all
+ * linear layers) runs and reports its JSON line with the precision it used (no speed is asserted). */
+static void test_bench_model(void **state) {
+    (void)state;
+    if (!have_model()) {
+        print_message("skipped: no converted model (../shared/data absent)\n");
+        skip();
+    }
+    static char out[16384];
+    const char *modes[3] = {"lora", "full", "fwd"};
+    for (int i = 0; i < 3; i++) {
+        int rc = sh(out, sizeof out,
+                    "%s bench --model %s --mode %s --batch-size 2 --seq-len 32 --steps 2 --warmup 1 --precision bf16 "
+                    "--json 2>&1",
+                    lg_test_bin(), g_hf, modes[i]);
+        if (rc) print_message("%s\n", out);
+        assert_int_equal(rc, 0);
+        assert_non_null(strstr(out, "\"precision\": \"bf16\""));
+        assert_true(json_number(out, "tokens_per_s") > 0);
+        assert_true(json_number(out, "tokens_per_step") == 64);
+        if (!strcmp(modes[i], "lora")) assert_true(json_number(out, "adapted_layers") == 5 * 7);
+    }
+    assert_int_not_equal(sh(out, sizeof out, "%s bench --model %s --mode lora --seq-len 4096 2>&1", lg_test_bin(), g_hf), 0);
+    assert_non_null(strstr(out, "--seq-len 4096"));
+}
+
 static void test_bad_input_is_reported(void **state) {
     (void)state;
     static char out[8192];
@@ -415,6 +441,7 @@ int main(void) {
         cmocka_unit_test(test_targets_peft),
         cmocka_unit_test(test_every_method_lowers_heldout_loss),
         cmocka_unit_test(test_bf16_matches_fp32),
+        cmocka_unit_test(test_bench_model),
         cmocka_unit_test(test_bad_input_is_reported),
     };
     return cmocka_run_group_tests_name("cli", tests, setup, teardown);

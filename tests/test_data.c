@@ -14,30 +14,9 @@
 #define PAD 2 /* no pad token: eos */
 static lg_tokenizer *g_tok;
 
-/* chars ' '..'~' get id = code; <s> = 1, </s> = 2; no merges */
-static lg_tokenizer *char_tokenizer(void) {
-    char json[8192];
-    size_t n = 0;
-    n += (size_t)snprintf(json + n, sizeof json - n,
-                          "{\"added_tokens\":[{\"id\":1,\"content\":\"<s>\",\"special\":true,\"normalized\":false},"
-                          "{\"id\":2,\"content\":\"</s>\",\"special\":true,\"normalized\":false}],"
-                          "\"model\":{\"type\":\"BPE\",\"vocab\":{\"<s>\":1,\"</s>\":2,\"\\n\":10");
-    for (int c = ' '; c <= '~'; c++) {
-        if (c == '"' || c == '\\') n += (size_t)snprintf(json + n, sizeof json - n, ",\"\\%c\":%d", c, c);
-        else n += (size_t)snprintf(json + n, sizeof json - n, ",\"%c\":%d", c, c);
-    }
-    n += (size_t)snprintf(json + n, sizeof json - n, "},\"merges\":[]}}");
-    const char *cfg = "{\"bos_token\":\"<s>\",\"eos_token\":\"</s>\"}";
-    lg_tokenizer *t;
-    int rc = lg_tokenizer_load_json_mem(json, n, cfg, strlen(cfg), "char.json", &t);
-    if (rc) print_message("%s\n", lg_last_error());
-    assert_int_equal(rc, 0);
-    return t;
-}
-
 static int setup(void **state) {
     (void)state;
-    g_tok = char_tokenizer();
+    g_tok = lg_test_char_tokenizer();
     return 0;
 }
 static int teardown(void **state) {
@@ -78,11 +57,25 @@ static lg_batch *mkbatch(batchbuf *bb, int B, int T) {
 static void test_prompt_completion_masks(void **state) {
     (void)state;
     lg_data_opts o = opts(16);
-    lg_dataset *d = load_str("{\"prompt\":\"ab\",\"completion\":\"cd\"}\n{\"text\":\"xy\"}\n", 1, &o);
-    assert_int_equal(lg_dataset_count(d, LG_SPLIT_TRAIN), 2);
     const int *ids;
     const unsigned char *loss;
     int n;
+    /* by default a completion ends with EOS (a loss token), as TRL appends it; a text row does not
+     * (the tokenizer's post-processor adds none here) */
+    lg_dataset *d = load_str("{\"prompt\":\"ab\",\"completion\":\"cd\"}\n{\"text\":\"xy\"}\n", 1, &o);
+    assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
+    int eos_ids[6] = {1, 'a', 'b', 'c', 'd', 2};
+    unsigned char eos_loss[6] = {0, 0, 0, 1, 1, 1};
+    assert_int_equal(n, 6);
+    assert_memory_equal(ids, eos_ids, sizeof eos_ids);
+    assert_memory_equal(loss, eos_loss, sizeof eos_loss);
+    assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 1, &ids, &loss, &n), 0);
+    assert_int_equal(n, 3);
+    lg_dataset_free(d);
+    /* no_eos (--no-eos): the rows as they are */
+    o.no_eos = 1;
+    d = load_str("{\"prompt\":\"ab\",\"completion\":\"cd\"}\n{\"text\":\"xy\"}\n", 1, &o);
+    assert_int_equal(lg_dataset_count(d, LG_SPLIT_TRAIN), 2);
     assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
     assert_int_equal(n, 5);
     int want_ids[5] = {1, 'a', 'b', 'c', 'd'};
@@ -107,9 +100,16 @@ static void test_prompt_completion_masks(void **state) {
     for (int t = 0; t < 6; t++) assert_true(bb.w[6 + t] == 0.0f);
     lg_dataset_free(d);
 
-    /* add_eos: EOS is a loss token of the completion; no BOS when not asked */
+    /* add_eos: EOS is a loss token of the completion (once, with or without no_eos) and of text rows;
+     * no BOS when not asked */
     o.add_eos = 1;
     o.add_bos = 0;
+    d = load_str("{\"text\":\"x\"}\n", 1, &o);
+    assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[1], 2);
+    lg_dataset_free(d);
+    o.no_eos = 0;
     d = load_str("{\"prompt\":\"ab\",\"completion\":\"c\"}\n", 1, &o);
     assert_int_equal(lg_dataset_example(d, LG_SPLIT_TRAIN_FILE, 0, &ids, &loss, &n), 0);
     int want2[4] = {'a', 'b', 'c', 2};
@@ -152,6 +152,7 @@ static void test_packing(void **state) {
     (void)state;
     lg_data_opts o = opts(4);
     o.pack = 1;
+    o.no_eos = 1;
     lg_dataset *d = load_str("{\"text\":\"ab\"}\n{\"prompt\":\"c\",\"completion\":\"d\"}\n{\"text\":\"ef\"}\n", 1, &o);
     /* stream: <s> a b <s> c d <s> e f -> chunks [<s> a b <s>] [c d <s> e] [f] (too short) */
     assert_int_equal(lg_dataset_count(d, LG_SPLIT_TRAIN), 2);
@@ -251,10 +252,10 @@ static void test_bad_rows(void **state) {
     expect_bad("{\"text\":\"ok\"}\n{\"text\":\"ok\"\n", 1, "rows.jsonl:2:", "not valid JSON");
     expect_bad("{\"text\":\"ok\"} x\n", 1, "rows.jsonl:1:", "not valid JSON");
     expect_bad("\n\n[1,2]\n", 1, "rows.jsonl:3:", "not a JSON object");
-    expect_bad("{\"text\":\"ok\"}\n{\"txt\":\"ok\"}\n", 1, "rows.jsonl:2:", "neither \"text\"");
+    expect_bad("{\"text\":\"ok\"}\n{\"txt\":\"ok\"}\n", 1, "rows.jsonl:2:", "none of the accepted shapes");
     expect_bad("{\"text\":5}\n", 1, "rows.jsonl:1:", "\"text\" is not a string");
     expect_bad("{\"prompt\":\"a\",\"completion\":null}\n", 1, "rows.jsonl:1:", "\"completion\" is not a string");
-    expect_bad("{\"prompt\":\"a\"}\n", 1, "rows.jsonl:1:", "\"prompt\"/\"completion\"");
+    expect_bad("{\"prompt\":\"a\"}\n", 1, "rows.jsonl:1:", "has \"prompt\" but not \"completion\"");
     expect_bad("{\"messages\":[]}\n", 1, "rows.jsonl:1:", "messages");
     expect_bad("{\"text\":\"ok\"}\n{\"text\":\"\xC3\x28\"}\n", 1, "rows.jsonl:2:", "invalid UTF-8");
     expect_bad("{\"text\":\"\\ud800\"}\n", 1, "rows.jsonl:1:", "not valid JSON");

@@ -182,8 +182,8 @@ static void test_dequant_blocks(void **state) {
     assert_int_equal(lg_gguf_dequant(LG_GGML_F32, f32, out, 2), 0);
     assert_true(out[0] == 1.25f && out[1] == -7.5f);
     /* unsupported types are named */
-    assert_int_equal(lg_gguf_dequant(12, q8, out, 32), -1);
-    assert_non_null(strstr(lg_last_error(), "Q4_K"));
+    assert_int_equal(lg_gguf_dequant(16, q8, out, 32), -1);
+    assert_non_null(strstr(lg_last_error(), "IQ2_XXS"));
     assert_int_equal(lg_gguf_dequant(99, q8, out, 32), -1);
     assert_non_null(strstr(lg_last_error(), "type 99"));
     assert_string_equal(lg_ggml_type_name(3), "Q4_1");
@@ -395,14 +395,14 @@ static void test_malformed_body(void **state) {
     /* a known type we cannot dequantise parses, and reading it names the type */
     gw_init(&g);
     uint64_t k[1] = {256};
-    unsigned char q4k[144] = {0};
-    tensor(&g, "k", 1, k, 12, q4k, sizeof q4k);
+    unsigned char iq2[66] = {0};
+    tensor(&g, "k", 1, k, 16, iq2, sizeof iq2);
     b = gw_finish(&g);
     lg_gguf *h;
     assert_int_equal(lg_gguf_open_mem(b.p, b.n, "k.gguf", &h), 0);
     float y[256];
     assert_int_equal(lg_gguf_read_f32(h, lg_gguf_find_tensor(h, "k"), y), -1);
-    assert_non_null(strstr(lg_last_error(), "Q4_K"));
+    assert_non_null(strstr(lg_last_error(), "IQ2_XXS"));
     assert_non_null(strstr(lg_last_error(), "'k'"));
     lg_gguf_close(h);
     free(b.p), gw_free(&g);
@@ -661,7 +661,7 @@ static buf model_gguf(lg_model *m, const char *arch, int drop_block_count, uint3
             else memcpy(tmp, p->data, (size_t)p->numel * 4);
             if (map[k].perm == 1 && q_type_override) {
                 uint64_t ne[2] = {(uint64_t)cols, (uint64_t)rows};
-                size_t nb = (size_t)rows * (size_t)(cols / 256) * 144;
+                size_t nb = (size_t)rows * (size_t)(cols / 256) * 66; /* IQ2_XXS */
                 unsigned char *z = calloc(1, nb);
                 tensor(&g, gg, 2, ne, q_type_override, z, nb);
                 free(z);
@@ -741,14 +741,14 @@ static void test_synthetic_untied_exact(void **state) {
     assert_non_null(strstr(lg_last_error(), "llama.block_count' is missing"));
     free(b.p);
     lg_model_free(m);
-    /* a Q4_K attn_q: parsed, then refused by name when the weights are read */
+    /* an IQ2_XXS attn_q: parsed, then refused by name when the weights are read */
     c = small_config(256);
     c.hidden_dim = 256;
     assert_int_equal(lg_model_create(&c, NULL, 7, NULL, &m), 0);
-    b = model_gguf(m, "llama", 0, 12);
+    b = model_gguf(m, "llama", 0, 16);
     assert_int_equal(write_buf(path, &b), 0);
     assert_int_equal(lg_model_load(path, NULL, &m2), -1);
-    assert_non_null(strstr(lg_last_error(), "Q4_K"));
+    assert_non_null(strstr(lg_last_error(), "IQ2_XXS"));
     assert_non_null(strstr(lg_last_error(), "attn_q"));
     free(b.p);
     lg_model_free(m);
@@ -847,6 +847,47 @@ static void test_spm_tokenizer(void **state) {
     free(b.p);
 }
 
+/* real blocks of every quantised type (llama-quantize on SmolLM2, scripts/reference/kquant_golden.py)
+ * dequantise to exactly the float32 bits gguf-py gives */
+static void test_kquants_equal_gguf_py(void **state) {
+    (void)state;
+    char *data;
+    size_t len;
+    assert_int_equal(lg_read_file("tests/golden/gguf/kquants.json", &data, &len), 0);
+    cJSON *g = cJSON_Parse(data);
+    free(data);
+    assert_non_null(g);
+    const cJSON *b;
+    int types = 0;
+    cJSON_ArrayForEach(b, cJSON_GetObjectItem(g, "blocks")) {
+        uint32_t type = (uint32_t)cJSON_GetObjectItem(b, "ggml_type")->valueint;
+        int n = cJSON_GetObjectItem(b, "n")->valueint;
+        const char *hex = cJSON_GetObjectItem(b, "hex")->valuestring;
+        size_t nb = strlen(hex) / 2;
+        uint8_t *raw = malloc(nb);
+        for (size_t i = 0; i < nb; i++) sscanf(hex + 2 * i, "%2hhx", &raw[i]);
+        float *y = malloc((size_t)n * sizeof(float));
+        assert_true(lg_ggml_type_supported(type));
+        assert_int_equal(lg_gguf_dequant(type, raw, y, n), 0);
+        const cJSON *bits = cJSON_GetObjectItem(b, "f32_bits");
+        assert_int_equal(cJSON_GetArraySize(bits), n);
+        int bad = 0;
+        for (int i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &y[i], 4);
+            if (u != (uint32_t)cJSON_GetArrayItem(bits, i)->valuedouble) bad++;
+        }
+        if (bad) print_message("%s: %d of %d values differ from gguf-py\n", lg_ggml_type_name(type), bad, n);
+        assert_int_equal(bad, 0);
+        free(raw);
+        free(y);
+        types++;
+    }
+    print_message("%d quantised types equal gguf-py bit for bit\n", types);
+    assert_true(types >= 9);
+    cJSON_Delete(g);
+}
+
 /* ---- chat rows ------------------------------------------------------------------------------------- */
 static lg_dataset *load_rows(const char *rows, const lg_tokenizer *t, const char *tmpl) {
     lg_data_opts o;
@@ -871,14 +912,20 @@ static void check_chat(const lg_dataset *d, long i, const lg_tokenizer *t, const
     assert_int_equal(lg_tokenizer_encode(t, text, strlen(text), 0, &want, &m), 0);
     assert_int_equal(n, m);
     assert_memory_equal(ids, want, (size_t)m * sizeof(int));
-    /* loss tokens: from after "<|im_start|>assistant\n" up to and including the next <|im_end|> */
+    /* loss tokens: from after "<|im_start|>assistant\n" up to and including the next <|im_end|> and the
+     * newline the template writes after it (the turn as the template renders it) */
     int ims = lg_tokenizer_piece_to_id(t, "<|im_start|>"), ime = lg_tokenizer_piece_to_id(t, "<|im_end|>");
     int *as_ids, an;
     assert_int_equal(lg_tokenizer_encode(t, "assistant\n", 10, 0, &as_ids, &an), 0);
-    int in = 0, nloss = 0;
+    int in = 0, nloss = 0, nl_id = -1, after_end = 0;
+    int *nl, nn;
+    assert_int_equal(lg_tokenizer_encode(t, "\n", 1, 0, &nl, &nn), 0);
+    if (nn == 1) nl_id = nl[0];
+    free(nl);
     for (int k = 0; k < n; k++) {
-        int expect = in;
-        if (ids[k] == ime) in = 0;
+        int expect = in || (after_end && ids[k] == nl_id);
+        after_end = 0;
+        if (ids[k] == ime && in) in = 0, after_end = 1;
         if (ids[k] == ims && k + an < n && !memcmp(ids + k + 1, as_ids, (size_t)an * sizeof(int))) {
             for (int q = 1; q <= an; q++) assert_int_equal(loss[k + q], 0);
             k += an;
@@ -930,11 +977,20 @@ static void test_chat_rows(void **state) {
     snprintf(text, sizeof text, "<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\nthe cat sat<|im_end|>\n");
     check_chat(d, 0, t, text);
     lg_dataset_free(d);
-    /* templates we cannot render, bad rows */
-    assert_null(load_rows(rows, t, "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }}{% endfor %}"));
+    /* any Jinja template runs (Mistral-style here: BOS from the tokenizer, no end-of-turn markup) */
+    d = load_rows(rows, t, "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] + eos_token }}"
+                           "{% else %}[INST] {{ m['content'] }}[/INST]{% endif %}{% endfor %}");
+    if (!d) print_message("%s\n", lg_last_error());
+    assert_non_null(d);
+    lg_dataset_free(d);
+    /* templates we cannot run, bad rows */
+    assert_null(load_rows(rows, t, "{% include 'other.jinja' %}"));
     assert_non_null(strstr(lg_last_error(), "chat.jsonl:1:"));
-    assert_non_null(strstr(lg_last_error(), "only ChatML"));
-    assert_null(load_rows("{\"messages\": [{\"role\": \"user\"}]}\n", t, NULL));
+    assert_non_null(strstr(lg_last_error(), "unsupported construct: {% include %}"));
+    assert_null(load_rows("{\"messages\": [{\"role\": \"user\"}, {\"role\": \"assistant\", \"content\": \"x\"}]}\n", t, NULL));
+    assert_non_null(strstr(lg_last_error(), "chat.jsonl:1:"));
+    assert_non_null(strstr(lg_last_error(), "'content' is undefined"));
+    assert_null(load_rows("{\"messages\": [{\"content\": \"x\"}]}\n", t, NULL));
     assert_non_null(strstr(lg_last_error(), "chat.jsonl:1: messages[0] needs"));
     assert_null(load_rows("{\"messages\": \"hi\"}\n", t, NULL));
     assert_non_null(strstr(lg_last_error(), "non-empty array"));
@@ -1140,7 +1196,7 @@ static void test_smol_chat_and_greedy(void **state) {
         if (loss[i]) lids[k++] = ids[i];
     assert_int_equal(lg_tokenizer_decode_ex(g_t, lids, k, LG_DECODE_KEEP_SPECIAL, &dec, NULL), 0);
     print_message("chat row: %d tokens, %d with loss: \"%s\"\n", m, nl, dec);
-    assert_string_equal(dec, "2+2 equals 4.<|im_end|>3+3 equals 6.<|im_end|>");
+    assert_string_equal(dec, "2+2 equals 4.<|im_end|>\n3+3 equals 6.<|im_end|>\n");
     free(dec);
     free(lids);
     free(want);
@@ -1222,6 +1278,7 @@ int main(void) {
         cmocka_unit_test(test_malformed_body),
         cmocka_unit_test(test_fixture_metadata),
         cmocka_unit_test(test_fixture_dequant_equals_gguf_py),
+        cmocka_unit_test(test_kquants_equal_gguf_py),
         cmocka_unit_test(test_fixture_model_matches_transformers),
         cmocka_unit_test(test_fixture_tokenizer),
         cmocka_unit_test(test_synthetic_untied_exact),

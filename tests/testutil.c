@@ -2,6 +2,7 @@
 #include "testutil.h"
 
 #include "core/util.h"
+#include "tokenizer/tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,4 +130,25 @@ void lg_test_free_batch(lg_batch *b) {
     free(b->inputs);
     free(b->targets);
     free(b->weight);
+}
+
+/* chars ' '..'~' get id = code; <s> = 1, </s> = 2; no merges */
+lg_tokenizer *lg_test_char_tokenizer(void) {
+    char json[8192];
+    size_t n = 0;
+    n += (size_t)snprintf(json + n, sizeof json - n,
+                          "{\"added_tokens\":[{\"id\":1,\"content\":\"<s>\",\"special\":true,\"normalized\":false},"
+                          "{\"id\":2,\"content\":\"</s>\",\"special\":true,\"normalized\":false}],"
+                          "\"model\":{\"type\":\"BPE\",\"vocab\":{\"<s>\":1,\"</s>\":2,\"\\n\":10");
+    for (int c = ' '; c <= '~'; c++) {
+        if (c == '"' || c == '\\') n += (size_t)snprintf(json + n, sizeof json - n, ",\"\\%c\":%d", c, c);
+        else n += (size_t)snprintf(json + n, sizeof json - n, ",\"%c\":%d", c, c);
+    }
+    n += (size_t)snprintf(json + n, sizeof json - n, "},\"merges\":[]}}");
+    const char *cfg = "{\"bos_token\":\"<s>\",\"eos_token\":\"</s>\"}";
+    lg_tokenizer *t;
+    int rc = lg_tokenizer_load_json_mem(json, n, cfg, strlen(cfg), "char.json", &t);
+    if (rc) print_message("%s\n", lg_last_error());
+    assert_int_equal(rc, 0);
+    return t;
 }

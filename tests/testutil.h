@@ -42,4 +42,9 @@ lg_config lg_test_arch_config(const char *kind, int vocab, int layers);
 void lg_test_random_batch(lg_batch *b, int B, int T, int V, uint64_t seed);
 void lg_test_free_batch(lg_batch *b);
 
+/* A tiny character-level tokenizer: chars ' '..'~' get id = their code, "\n" 10, <s> = 1 (BOS),
+ * </s> = 2 (EOS); no merges, no chat template. */
+typedef struct lg_tokenizer lg_tokenizer;
+lg_tokenizer *lg_test_char_tokenizer(void);
+
 #endif

@@ -6,8 +6,8 @@ of llama-cpp-python. Reference tooling for tests/golden only.
   hf_to_gguf.py MODEL_DIR OUT.gguf [--outtype f32]
 
 The tiny models of make_tiny_models.py have no tokenizer, which the converter insists on: every
-model class's set_vocab is replaced by a placeholder vocabulary of vocab_size tokens (loraga's
-model loader does not read it), and a tokenizer.json listing as many tokens is provided for the
+model class's set_vocab is replaced by a placeholder vocabulary of vocab_size tokens (single
+characters and one merge, enough for llama.cpp to tokenise text of those characters), and a tokenizer.json listing as many tokens is provided for the
 converters that count the real vocabulary (Gemma 3). Everything else — tensor names, the q/k
 row permutation of LLaMA, Gemma's norm + 1, RoPE factor tensors, metadata keys — is the
 converter's own.
@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import shutil
+import string
 import sys
 import tempfile
 
@@ -42,12 +43,21 @@ def convert(model_dir, out, outtype="f32"):
     from conversion import base  # noqa: E402
 
     def placeholder_vocab(self):
+        # one printable character per token and a merge or two ("a b" -> "ab", the last tokens): a byte-level
+        # BPE vocabulary llama.cpp loads and tokenises with, so that llama.cpp itself can run the model
+        # on text made of these characters (tests/test_archs.c)
         n = self.hparams["vocab_size"]
+        chars = string.ascii_letters + string.digits + "".join(c for c in map(chr, range(33, 127)) if not c.isalnum())
+        k = max(1, n - len(chars))  # merged tokens "ab", "cd", ... fill what single characters cannot
+        assert k <= 26, n
+        pairs = [(string.ascii_lowercase[2 * i], string.ascii_lowercase[2 * i + 1]) for i in range(k)]
+        tokens = list(chars[:n - k]) + [a + b for a, b in pairs]
         self.gguf_writer.add_tokenizer_model("gpt2")
         self.gguf_writer.add_tokenizer_pre("default")
-        self.gguf_writer.add_token_list([f"<t{i}>" for i in range(n)])
+        self.gguf_writer.add_token_list(tokens)
         self.gguf_writer.add_token_types([1] * n)
-        self.gguf_writer.add_token_merges([])
+        self.gguf_writer.add_token_merges([f"{a} {b}" for a, b in pairs])
+        self.gguf_writer.add_add_bos_token(False)
 
     # model classes are imported when the converter looks them up: patch the one it gets
     get_class = C.get_model_class

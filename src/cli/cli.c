@@ -127,9 +127,26 @@ int lg_cli_tokenizer_adds_bos(const lg_tokenizer *t) {
     return adds;
 }
 
-/* A GGUF model carries its chat template in its metadata; NULL otherwise (caller frees). */
+/* Whether the tokenizer itself puts EOS after a text (its post-processor adds it). */
+int lg_cli_tokenizer_adds_eos(const lg_tokenizer *t) {
+    int *ids = NULL, n = 0;
+    int eos = lg_tokenizer_eos(t), adds = 0;
+    if (eos >= 0 && lg_tokenizer_encode(t, "", 0, 1, &ids, &n) == 0) adds = n > 0 && ids[n - 1] == eos;
+    free(ids);
+    return adds;
+}
+
+/* A GGUF model carries its chat template in its metadata; a Hugging Face directory may have
+ * chat_template.jinja, which transformers prefers to tokenizer_config.json's; NULL otherwise
+ * (caller frees; the tokenizer_config.json template is then the data loader's default). */
 char *lg_cli_chat_template(const char *model) {
     char *tpl = NULL;
     if (!lg_is_dir(model) && lg_gguf_is_gguf(model) && lg_gguf_chat_template(model, &tpl) != 0) tpl = NULL;
+    if (lg_is_dir(model)) {
+        char *p = lg_path_join(model, "chat_template.jinja");
+        size_t n;
+        if (lg_file_exists(p) && lg_read_file(p, &tpl, &n) != 0) tpl = NULL;
+        free(p);
+    }
     return tpl;
 }

@@ -39,7 +39,10 @@ void lg_cli_bf16_base(struct lg_model *m);
 struct lg_tokenizer;
 /* Whether the tokenizer adds BOS in front of a text, as HF's tokenizer(text) does. */
 int lg_cli_tokenizer_adds_bos(const struct lg_tokenizer *t);
-/* The chat template stored in a GGUF model's metadata, or NULL (caller frees). */
+/* Whether the tokenizer puts EOS after a text (its post-processor adds it). */
+int lg_cli_tokenizer_adds_eos(const struct lg_tokenizer *t);
+/* The chat template stored in a GGUF model's metadata or a directory's chat_template.jinja, or NULL
+ * (caller frees). */
 char *lg_cli_chat_template(const char *model);
 
 /* subcommands: each returns the process exit status */
@@ -50,5 +53,6 @@ int cmd_train(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 #endif

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "data_opts.h"
 #include "core/util.h"
 #include "data/data.h"
 #include "eval/adapter_set.h"
@@ -129,17 +130,23 @@ done:
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *tokp = NULL, *adapter = NULL, *task = "lm", *dump = NULL, *precision_s = "auto";
     const char *shots_data = NULL, *pred_path = NULL, *rows_path = NULL;
+    int no_eos = 0, add_eos = 0;
     int json = 0, max_len = 0, skip_bad = 0, limit = 0, shots = 0, max_tokens = 256;
+    const char *format = "auto";
+    lg_field_map fm = {0};
     lg_opt opts[] = {
         {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
         {"--precision", LG_OPT_STR, &precision_s,
          "linear layers in fp32 or bf16 (fp32 accumulation); auto = bf16 where the CPU has bf16 units (default auto)"},
         {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
         {"--adapter", LG_OPT_STR, &adapter, "PEFT LoRA adapter directory (loraga's or PEFT's) applied to the model (default: none)"},
-        {"--data", LG_OPT_STR, &data, "required. lm: JSONL rows ({\"text\"}, {\"prompt\",\"completion\"}, chat {\"messages\"}) or .txt; tasks: the task file"},
+        {"--data", LG_OPT_STR, &data, "required. lm: rows in any format train reads (.jsonl/.json/.csv/.tsv) or .txt; tasks: the task file"},
+        LG_DATA_FORMAT_OPTS(format, fm),
         {"--task", LG_OPT_STR, &task, "lm (default), sst2, mrpc or gsm8k"},
         {"--max-len", LG_OPT_INT, &max_len, "lm: truncate documents to this many tokens (default: the model's maximum)"},
         {"--skip-bad", LG_OPT_FLAG, &skip_bad, "lm: skip malformed rows (counted) instead of stopping"},
+        {"--no-eos", LG_OPT_FLAG, &no_eos, "lm: prompt/completion rows without the EOS train appends by default"},
+        {"--add-eos", LG_OPT_FLAG, &add_eos, "lm: end text rows with EOS (default: only when the tokenizer adds it)"},
         {"--dump-logits", LG_OPT_STR, &dump,
          "lm: also write every document's ids and logits to this safetensors file (ids.N, logits.N;\n"
          "                           default: not written)"},
@@ -158,7 +165,8 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     lg_task_kind kind;
-    if (lg_task_parse(task, &kind) != 0) return lg_cli_fail();
+    lg_row_format row_format;
+    if (lg_task_parse(task, &kind) != 0 || lg_row_format_parse(format, &row_format) != 0) return lg_cli_fail();
     if (kind == LG_TASK_LM && rows_path) {
         fprintf(stderr, "loraga eval: --write-rows is for the tasks (sst2, mrpc, gsm8k)\n");
         return 2;
@@ -209,6 +217,10 @@ int cmd_eval(int argc, char **argv) {
     char *chat_tpl = lg_cli_chat_template(model);
     o.chat_template = chat_tpl;
     o.skip_bad = skip_bad;
+    o.no_eos = no_eos;
+    o.add_eos = add_eos || lg_cli_tokenizer_adds_eos(t);
+    o.format = row_format;
+    o.fields = fm;
     int dl = lg_dataset_load(data, t, &o, &d);
     free(chat_tpl);
     if (dl != 0) goto done;

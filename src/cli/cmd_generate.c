@@ -6,21 +6,24 @@
 
 #include "cli.h"
 #include "core/util.h"
+#include "data/data.h"
 #include "eval/adapter_set.h"
 #include "model/generate.h"
 #include "model/model.h"
+#include "template/chat.h"
 #include "tokenizer/tokenizer.h"
 
 static const char *USAGE =
-    "usage: loraga generate --model DIR [--adapter ADIR] --prompt STR [--max-tokens N] [--temperature X]\n"
-    "                       [--top-k N] [--top-p X] [--seed N]\n"
+    "usage: loraga generate --model DIR [--adapter ADIR] --prompt STR [--chat [--system STR]] [--max-tokens N]\n"
+    "                       [--temperature X] [--top-k N] [--top-p X] [--seed N]\n"
     "The prompt is BOS (where the tokenizer adds one) + its tokens; the prompt and then the continuation are\n"
     "printed as they come. --temperature 0 is greedy decoding. Generation stops at EOS, after\n"
     "--max-tokens, or when the model's context is full. Same seed, same options: same text.\n"
-    "A chat model wants its chat template in the prompt (the template is not applied here), e.g. for\n"
-    "SmolLM2 / ChatML (make demo also puts first the system turn SmolLM2's template adds by default):\n"
-    "  loraga generate --model smol --adapter run --temperature 0 --no-echo \\\n"
-    "    --prompt $'<|im_start|>user\\nWhat is the capital of Peru?<|im_end|>\\n<|im_start|>assistant\\n'";
+    "--chat: the prompt is a user message, rendered with the model's own chat template (after a system\n"
+    "message with --system) and the generation prompt, as transformers' apply_chat_template(...,\n"
+    "add_generation_prompt=True) renders it; the template places the special tokens. E.g.\n"
+    "  loraga generate --model smol --adapter run --temperature 0 --no-echo --chat \\\n"
+    "    --prompt 'What is the capital of Peru?'";
 
 typedef struct {
     lg_text_stream *ts;
@@ -44,7 +47,9 @@ static int on_token(int id, void *ud) {
 
 int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *tokp = NULL, *adapter = NULL, *prompt = NULL, *precision_s = "auto";
-    int max_tokens = 256, top_k = 0, seed = 42, no_echo = 0, ignore_eos = 0, stats = 0;
+    int max_tokens = 256, top_k = 0, seed = 42, no_echo = 0, ignore_eos = 0, stats = 0, chat = 0;
+    const char *system = NULL;
+    char *rendered = NULL;
     float temperature = 1.0f, top_p = 1.0f;
     lg_opt opts[] = {
         {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
@@ -61,11 +66,17 @@ int cmd_generate(int argc, char **argv) {
         {"--no-echo", LG_OPT_FLAG, &no_echo, "print only the continuation, not the prompt"},
         {"--ignore-eos", LG_OPT_FLAG, &ignore_eos, "keep going after EOS (benchmarks)"},
         {"--stats", LG_OPT_FLAG, &stats, "print tokens, speed and why generation stopped on stderr"},
+        {"--chat", LG_OPT_FLAG, &chat, "the prompt is a user message: apply the model's chat template"},
+        {"--system", LG_OPT_STR, &system, "--chat: a system message first (default: none; the template may add its own)"},
     };
     int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
     if (pr) return pr > 0 ? 0 : 2;
     if (!model || !prompt) {
         fprintf(stderr, "loraga generate: --model and --prompt are required (see --help)\n");
+        return 2;
+    }
+    if (system && !chat) {
+        fprintf(stderr, "loraga generate: --system needs --chat\n");
         return 2;
     }
     if (max_tokens < 0 || top_k < 0 || temperature < 0 || top_p <= 0 || top_p > 1) {
@@ -90,10 +101,40 @@ int cmd_generate(int argc, char **argv) {
     if (adapter && lg_adapter_set_load(m, adapter, &ad) != 0) goto done;
     if (ad && stats) fprintf(stderr, "adapter: %s\n", lg_adapter_set_describe(ad));
     lg_cli_bf16_base(m);
+    if (chat) { /* the prompt as a user message through the model's chat template */
+        char *tpl = lg_cli_chat_template(tokp ? tokp : model);
+        if (!tpl) tpl = lg_data_tokenizer_template(t);
+        if (!tpl) {
+            lg_errorf("--chat: the model has no chat template (chat_template.jinja, tokenizer_config.json "
+                      "\"chat_template\", or tokenizer.chat_template in a GGUF)");
+            goto done;
+        }
+        cJSON *msgs = cJSON_CreateArray(), *sp = lg_data_special_tokens(t), *mm;
+        if (system) {
+            cJSON_AddItemToArray(msgs, mm = cJSON_CreateObject());
+            cJSON_AddStringToObject(mm, "role", "system");
+            cJSON_AddStringToObject(mm, "content", system);
+        }
+        cJSON_AddItemToArray(msgs, mm = cJSON_CreateObject());
+        cJSON_AddStringToObject(mm, "role", "user");
+        cJSON_AddStringToObject(mm, "content", prompt);
+        lg_chat *ch = NULL;
+        int cr = lg_chat_new(tpl, "chat template", sp, NULL, &ch);
+        if (!cr) cr = lg_chat_render(ch, msgs, 1, &rendered, NULL);
+        lg_chat_free(ch);
+        cJSON_Delete(msgs);
+        cJSON_Delete(sp);
+        free(tpl);
+        if (cr) {
+            lg_errorf_prefix("--chat");
+            goto done;
+        }
+        prompt = rendered;
+    }
     if (lg_tokenizer_encode(t, prompt, strlen(prompt), 0, &raw, &nraw) != 0) goto done;
     /* BOS where the tokenizer adds one (as eval and training frame documents); an empty prompt
-     * starts from BOS in any case (GPT-2's <|endoftext|>) */
-    const int bos = (lg_cli_tokenizer_adds_bos(t) || nraw == 0) ? lg_tokenizer_bos(t) : -1, n = nraw + (bos >= 0);
+     * starts from BOS in any case (GPT-2's <|endoftext|>); a chat template places its own */
+    const int bos = !chat && (lg_cli_tokenizer_adds_bos(t) || nraw == 0) ? lg_tokenizer_bos(t) : -1, n = nraw + (bos >= 0);
     if (n == 0) {
         lg_errorf("the prompt is empty and the tokenizer has no BOS token to start from");
         goto done;
@@ -139,6 +180,7 @@ int cmd_generate(int argc, char **argv) {
 done:
     if (rc) lg_cli_fail();
     free(res.ids);
+    free(rendered);
     free(raw);
     free(ids);
     lg_text_stream_free(ts);

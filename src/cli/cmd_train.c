@@ -8,7 +8,11 @@
 #include <unistd.h>
 
 #include "adapters/lora.h"
+#include "adapters/lora_io.h"
+#include "adapters/targets.h"
 #include "cli.h"
+#include "config_yaml.h"
+#include "data_opts.h"
 #include "core/util.h"
 #include "data/data.h"
 #include "dist/dist.h"
@@ -16,13 +20,20 @@
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
+#include "train/run_record.h"
 #include "train/train.h"
 
 static const char *USAGE =
     "usage: loraga train --model DIR --data ROWS.jsonl --method METHOD --out RUNDIR [options]\n"
+    "       loraga train --config run.yaml [options]   (the same keys as the options; options override it)\n"
     "METHOD: full | lora | rslora | loraplus | dora | pissa | adalora | lora-ga\n"
     "RUNDIR receives the result (full: a Hugging Face model directory; the others: a PEFT adapter,\n"
-    "relative to the ORIGINAL base model), metrics.jsonl and loss.svg.\n"
+    "relative to the ORIGINAL base model) with the tokenizer, metrics.jsonl, loss.svg and run.json (every\n"
+    "option as resolved, the command line, version, checksums); checkpoint-N/ and best/ with --save-every\n"
+    "and --save-best.\n"
+    "Data (--data, --val-data): .jsonl/.json rows {\"text\"}, {\"prompt\",\"completion\"} (strings or message\n"
+    "lists), {\"messages\"}, ShareGPT {\"conversations\"}, Alpaca {\"instruction\",\"input\",\"output\"}, or one\n"
+    "JSON array of them; .csv/.tsv with a header naming the columns; other files: plain text.\n"
     "lora-ga is the paper's recipe: gradient-aligned init (ArB2r, stable scale, gamma 16) with rsLoRA\n"
     "scaling on all linear layers, r 8, alpha 16, estimated on the first 64 x 2 rows in file order;\n"
     "its paper uses the learning rate of full fine-tuning (e.g. 5e-5), smaller than LoRA's usual 1e-4..1e-3.\n"
@@ -36,6 +47,7 @@ typedef struct {
     int B;       /* training batch */
     int ga_B;    /* LoRA-GA estimation batch */
     int n_train; /* rows in the train split (file-order wrap-around) */
+    lg_dataset *val; /* --val-data (NULL: d's validation split) */
 } batch_src;
 
 static int next_batch(void *ud, int split, long index, lg_batch *b) {
@@ -45,6 +57,8 @@ static int next_batch(void *ud, int split, long index, lg_batch *b) {
         first = s->n_train ? (index * s->ga_B) % s->n_train : 0;
     else
         first = index * s->B;
+    if (split == LG_SPLIT_VAL && s->val) /* a validation file: all of it, in file order */
+        return lg_dataset_fill_batch(s->val, LG_SPLIT_TRAIN_FILE, first, b) < 0 ? -1 : 0;
     return lg_dataset_fill_batch(s->d, split, first, b) < 0 ? -1 : 0;
 }
 
@@ -69,11 +83,70 @@ static void ga_progress(const char *phase, long done, long total, void *ud) {
     }
 }
 
+static lg_yaml_cfg *g_yaml; /* --config's strings, which the options point to */
+
+/* What RUNDIR and its snapshots hold: the adapter (or the full model) and the tokenizer. */
+typedef struct {
+    lg_model *m;
+    lg_adapters *ad; /* NULL: full fine-tuning */
+    const lg_tokenizer *t;
+    const char *base_name, *dtype;
+} result_src;
+
+static int save_result(const char *dir, void *ud) {
+    result_src *r = ud;
+    if (r->ad ? lg_adapters_save_peft(r->ad, dir, r->base_name) : lg_model_save_hf(r->m, dir, r->dtype)) return -1;
+    return lg_tokenizer_save_hf(r->t, dir);
+}
+
+/* index of option `name` in the table (it is there) */
+static int opt_index(const lg_opt *opts, int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(opts[i].name, name)) return i;
+    return -1;
+}
+
+/* The rules between the workflow's options, before anything is loaded; the lr default per method. */
+static int train_workflow_check(const lg_opt *opts, int nopts, const unsigned char *given, lg_train_opts *o,
+                                const char *method, const char *adapter_dir, float epochs, int early_stop,
+                                int save_best, const char *val_data, float val_frac, int save_total_limit,
+                                int save_every) {
+#define G(name) given[opt_index(opts, nopts, name)]
+    if (!G("--lr") && !strcmp(method, "lora-ga")) o->lr = 5e-5f; /* its paper uses full fine-tuning's rates */
+    if (epochs != 0 && G("--steps"))
+        return lg_errorf("--epochs and --steps: give one of them (--epochs sets the number of steps)");
+    if (!(epochs >= 0 && epochs < 1e6f)) return lg_errorf("--epochs must be > 0 (0: use --steps)");
+    if (early_stop < 0 || save_total_limit < 0) return lg_errorf("--early-stop and --save-total-limit must be >= 0");
+    if (val_data && val_frac > 0) return lg_errorf("--val-data and --val-frac: give one of them");
+    if ((early_stop || save_best) && !val_data && !(val_frac > 0))
+        return lg_errorf("--%s needs validation data: --val-data FILE or --val-frac X",
+                         early_stop ? "early-stop" : "save-best");
+    if (early_stop && o->eval_every <= 0)
+        return lg_errorf("--early-stop needs --eval-every N: the evaluations whose losses it compares");
+    if (save_total_limit && save_every <= 0)
+        return lg_errorf("--save-total-limit limits the checkpoint-N/ directories of --save-every; give --save-every N");
+    if (adapter_dir) {
+        static const char *const own[] = {"--rank", "--alpha", "--targets", "--dropout", "--rslora", "--dora", "--init",
+                                          "--save-init"};
+        for (int i = 0; i < 8; i++)
+            if (G(own[i]))
+                return lg_errorf("%s with --adapter: the adapter's own settings apply (adapter_config.json); drop %s",
+                                 own[i], own[i]);
+        if (strcmp(method, "lora") && strcmp(method, "rslora") && strcmp(method, "dora") && strcmp(method, "loraplus"))
+            return lg_errorf("--adapter continues an adapter as LoRA; --method %s would initialise a new one (use "
+                             "lora, or loraplus for LoRA+'s learning rates)",
+                             method);
+    }
+    return 0;
+#undef G
+}
+
 /* The command itself; cmd_train (at the end) wraps it in the MPI start and stop. */
 static int train_main(int argc, char **argv) {
     const char *model = NULL, *data = NULL, *method = "lora", *out = NULL, *tokp = NULL, *sched = "constant",
                *dtype = NULL, *targets = NULL, *init = NULL, *base_dtype = NULL, *precision_s = "auto";
     const char *ga_mode = "all", *ga_dir = "ArB2r", *ga_scale = "stable", *ga_variant = "paper", *ga_cache = NULL;
+    int no_eos = 0, add_eos = 0;
     int seed = 42, pack = 0, skip_bad = 0, rank = 8, use_rslora = 0, use_dora = 0, save_init = 0;
     float val_frac = 0.0f, alpha = 16.0f, dropout = 0.0f, loraplus = 0.0f, ga_gamma = 16.0f;
     int ga_batches = 64, ga_bs = 2, ga_k = 0, target_r = 4, tinit = -1, tfinal = -1, delta_t = 1;
@@ -82,6 +155,11 @@ static int train_main(int argc, char **argv) {
     /* checkpoint / resume / recomputation */
     const char *resume = NULL;
     int save_every = 0, stop_after = 0, recompute = 0;
+    /* the workflow: epochs, validation file, early stopping, snapshots, continuing, configuration */
+    const char *val_data = NULL, *adapter_dir = NULL, *config = NULL, *format = "auto";
+    float epochs = 0.0f;
+    int early_stop = 0, save_best = 0, save_total_limit = 0, print_config = 0;
+    lg_field_map fm = {0};
     lg_train_opts o;
     lg_train_opts_default(&o);
     int steps = (int)o.steps, warmup = 0;
@@ -89,14 +167,19 @@ static int train_main(int argc, char **argv) {
         {"--model", LG_OPT_STR, &model, "required: Hugging Face model directory, GGUF file, or llama2.c .bin with --tokenizer"},
         {"--tokenizer", LG_OPT_STR, &tokp, "tokenizer (default: the model directory's)"},
         {"--data", LG_OPT_STR, &data,
-         "required: JSONL rows {\"text\"}, {\"prompt\",\"completion\"} or chat {\"messages\"}, or a .txt file"},
+         "required: training rows, .jsonl/.json/.csv/.tsv (shapes above) or plain text"},
+        LG_DATA_FORMAT_OPTS(format, fm),
+        {"--val-data", LG_OPT_STR, &val_data, "validation rows, a separate file (any --data format; default: none)"},
         {"--method", LG_OPT_STR, &method, "full|lora|rslora|loraplus|dora|pissa|adalora|lora-ga (default lora)"},
         {"--out", LG_OPT_STR, &out, "required: run directory (must not exist, or be empty)"},
-        {"--steps", LG_OPT_INT, &steps, "optimizer updates (default 100)"},
+        {"--steps", LG_OPT_INT, &steps, "optimizer updates (default 100, or what --epochs gives)"},
+        {"--epochs", LG_OPT_FLOAT, &epochs,
+         "passes over the training examples (may be fractional); sets --steps, printed at start (default 0: use "
+         "--steps)"},
         {"--batch-size", LG_OPT_INT, &o.batch_size, "sequences per micro-batch (default 4)"},
         {"--seq-len", LG_OPT_INT, &o.seq_len, "tokens per sequence; longer rows are truncated (default 128)"},
         {"--grad-accum", LG_OPT_INT, &o.grad_accum, "micro-batches per update (default 1)"},
-        {"--lr", LG_OPT_FLOAT, &o.lr, "peak learning rate (default 1e-4)"},
+        {"--lr", LG_OPT_FLOAT, &o.lr, "peak learning rate (default 1e-4; lora-ga 5e-5)"},
         {"--schedule", LG_OPT_STR, &sched, "constant, linear or cosine (default constant)"},
         {"--warmup", LG_OPT_INT, &warmup, "linear warmup updates (default 0)"},
         {"--weight-decay", LG_OPT_FLOAT, &o.weight_decay, "AdamW decoupled weight decay (default 0)"},
@@ -104,9 +187,14 @@ static int train_main(int argc, char **argv) {
         {"--seed", LG_OPT_INT, &seed, "seed for shuffling, initialisation, dropout (default 42)"},
         {"--val-frac", LG_OPT_FLOAT, &val_frac, "fraction of rows held out for validation (default 0)"},
         {"--eval-every", LG_OPT_INT, &o.eval_every, "validate every N updates (default: at the end)"},
+        {"--early-stop", LG_OPT_INT, &early_stop,
+         "stop when the validation loss has not improved for N evaluations in a row (default 0: off)"},
+        {"--save-best", LG_OPT_FLAG, &save_best, "keep RUNDIR/best/: the result at the lowest validation loss"},
         {"--val-batches", LG_OPT_INT, &o.val_batches, "validation batches per evaluation (default: all)"},
         {"--pack", LG_OPT_FLAG, &pack, "pack rows into full sequences instead of padding"},
         {"--skip-bad", LG_OPT_FLAG, &skip_bad, "skip malformed rows (counted) instead of stopping"},
+        {"--no-eos", LG_OPT_FLAG, &no_eos, "prompt/completion rows without the EOS appended by default (as TRL does)"},
+        {"--add-eos", LG_OPT_FLAG, &add_eos, "end text rows with EOS (default: only when the tokenizer adds it)"},
         {"--dtype", LG_OPT_STR, &dtype, "full: dtype of the saved model (default: the input's)"},
         {"--precision", LG_OPT_STR, &precision_s,
          "linear layers in fp32, or bf16 (bf16 GEMM inputs, fp32 accumulation, fp32 master weights, optimizer, "
@@ -120,9 +208,10 @@ static int train_main(int argc, char **argv) {
         {"--alpha", LG_OPT_FLOAT, &alpha, "adapter alpha (default 16)"},
         {"--dropout", LG_OPT_FLOAT, &dropout, "adapter dropout (default 0)"},
         {"--targets", LG_OPT_STR, &targets,
-         "target modules, comma-separated, all-linear, or peft (PEFT's default for the model type); default: every "
-         "attention and MLP projection (q,k,v,o,gate,up,down_proj; Phi-3 qkv,o,gate_up,down_proj; GPT-2 "
-         "c_attn,c_proj,c_fc); lora-ga: all-linear"},
+         "target modules as PEFT takes them: names a module path ends with (q_proj,v_proj), one regex that must "
+         "match the whole path (.*\\.(q_proj|v_proj)), all-linear, or peft (PEFT's default for the model type); "
+         "default: every attention and MLP projection (q,k,v,o,gate,up,down_proj; Phi-3 qkv,o,gate_up,down_proj; "
+         "GPT-2 c_attn,c_proj,c_fc); lora-ga all-linear"},
         {"--init", LG_OPT_STR, &init, "LoRA init: kaiming (default, as PEFT) or gaussian"},
         {"--rslora", LG_OPT_FLAG, &use_rslora, "scale alpha/sqrt(r) instead of alpha/r"},
         {"--dora", LG_OPT_FLAG, &use_dora, "weight-decomposed adapters (DoRA); composes with lora-ga"},
@@ -145,14 +234,49 @@ static int train_main(int argc, char **argv) {
         {"--ga-variant", LG_OPT_STR, &ga_variant, "paper (default) | peft (B0 scaled by singular values, as PEFT)"},
         {"--ga-cache", LG_OPT_STR, &ga_cache, "LoRA-GA gradient cache file, reused when it matches (default: none)"},
         {"--save-init", LG_OPT_FLAG, &save_init, "also write RUNDIR/init_lora_checkpoint/ (the adapter as initialised)"},
-        {"--save-every", LG_OPT_INT, &save_every, "write RUNDIR/checkpoint every N updates and at the end, atomic (default 0: no checkpoint)"},
+        {"--save-every", LG_OPT_INT, &save_every,
+         "every N updates and at the end: RUNDIR/checkpoint-N/ (the result at step N) and RUNDIR/checkpoint/ (the "
+         "exact-resume state), atomic (default 0: none)"},
+        {"--save-total-limit", LG_OPT_INT, &save_total_limit, "keep only the newest N checkpoint-N/ (default 0: all)"},
+        {"--adapter", LG_OPT_STR, &adapter_dir,
+         "continue training this PEFT adapter (ours, any method, or PEFT's LoRA/DoRA) on new data, as LoRA "
+         "(its r, alpha, targets, dropout, rsLoRA/DoRA); fresh optimizer (default: none)"},
         {"--resume", LG_OPT_STR, &resume,
          "continue from RUNDIR (or RUNDIR/checkpoint) to --steps, with the same options; --out defaults to RUNDIR (default: none)"},
         {"--stop-after", LG_OPT_INT, &stop_after, "stop after update N with a checkpoint, continue with --resume (default 0: run to --steps)"},
         {"--recompute", LG_OPT_FLAG, &recompute, "recompute each layer's activations in backward (less memory)"},
+        {"--config", LG_OPT_STR, &config, "YAML file of options (keys: these options without --); flags override it"},
+        {"--print-config", LG_OPT_FLAG, &print_config, "print the resolved options as YAML (a --config file) and exit"},
     };
-    int pr = lg_parse_opts(argc, argv, opts, sizeof opts / sizeof opts[0], USAGE);
+    const int nopts = (int)(sizeof opts / sizeof opts[0]);
+    unsigned char given[sizeof opts / sizeof opts[0]] = {0};
+    const char *cfg_arg = lg_config_arg(argc, argv);
+    int pr = 0;
+    for (int i = 1; i < argc; i++) /* --help before anything else */
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) pr = 1;
+    if (pr) {
+        lg_print_opts(opts, nopts, USAGE);
+        return 0;
+    }
+    /* the file first, so that the command line overrides it; its strings live until cmd_train returns */
+    if (cfg_arg && lg_opts_load_yaml(cfg_arg, "train", opts, nopts, given, &g_yaml) != 0) return lg_cli_fail();
+    pr = lg_parse_opts(argc, argv, opts, nopts, USAGE);
     if (pr) return pr > 0 ? 0 : 2;
+    lg_opts_mark_given(argc, argv, opts, nopts, given);
+    lg_row_format row_format;
+    if (train_workflow_check(opts, nopts, given, &o, method, adapter_dir, epochs, early_stop, save_best, val_data,
+                             val_frac, save_total_limit, save_every) != 0 ||
+        lg_row_format_parse(format, &row_format) != 0)
+        return lg_cli_fail();
+    if (print_config) {
+        static const char *const by_epochs[] = {"--steps", NULL};
+        return lg_opts_print_yaml(stdout, opts, nopts,
+                                  "loraga train --config FILE reads these options back; options on the command line "
+                                  "override them",
+                                  epochs > 0 ? by_epochs : NULL)
+                   ? lg_cli_fail()
+                   : 0;
+    }
     char *ck_dir = NULL, *ck_run = NULL, *ck_out = NULL;
     if (resume) {
         if (lg_ckpt_resolve(resume, &ck_dir, &ck_run) != 0) return lg_cli_fail();
@@ -234,22 +358,26 @@ static int train_main(int argc, char **argv) {
 
     lg_model *m = NULL;
     lg_tokenizer *t = NULL;
-    lg_dataset *d = NULL;
+    lg_dataset *d = NULL, *vd = NULL;
     lg_adapters *ad = NULL;
+    char *base_name = NULL, *resolved_targets = NULL;
+    cJSON *rec = NULL; /* run.json */
     lg_opt_tensor *ot = NULL;
     char *tmp = NULL, *metrics = NULL;
     int rc = 1, nt = 0;
     const int root = lg_dist_rank() == 0; /* dist: only rank 0 writes RUNDIR; the others a scratch dir */
     lg_ckpt_spec spec = {0};
     cJSON *cfg = ckpt ? cJSON_CreateObject() : NULL; /* what a resume must match */
-    const lg_model_opts mo = {prec};
-    if (lg_model_load(model, &mo, &m) != 0) goto done;
+    const lg_model_opts model_opts = {prec};
+    if (lg_model_load(model, &model_opts, &m) != 0) goto done;
     if (root) fprintf(stderr, "precision: %s\n", lg_ops_describe(lg_model_ops(m)));
-    if (cfg) { /* identities, taken before any init offsets the weights */
+    char model_hx[17]; /* identities, taken before any init offsets the weights */
+    snprintf(model_hx, sizeof model_hx, "%016" PRIx64, lg_ckpt_model_id(m));
+    base_name = lg_base_model_name(model);
+    if (cfg) {
         uint64_t id;
         char hx[17];
-        snprintf(hx, sizeof hx, "%016" PRIx64, lg_ckpt_model_id(m));
-        cJSON_AddStringToObject(cfg, "base model checksum", hx);
+        cJSON_AddStringToObject(cfg, "base model checksum", model_hx);
         if (lg_ckpt_file_id(data, &id) != 0) goto done;
         snprintf(hx, sizeof hx, "%016" PRIx64, id);
         cJSON_AddStringToObject(cfg, "data checksum", hx);
@@ -272,21 +400,46 @@ static int train_main(int argc, char **argv) {
     char *chat_tpl = lg_cli_chat_template(model);
     dopt.chat_template = chat_tpl;
     dopt.skip_bad = skip_bad;
+    dopt.no_eos = no_eos;
+    dopt.add_eos = add_eos || lg_cli_tokenizer_adds_eos(t);
     dopt.val_frac = val_frac;
     dopt.seed = (uint64_t)seed;
+    dopt.format = row_format;
+    dopt.fields = fm;
     int dl = lg_dataset_load(data, t, &dopt, &d);
+    if (dl == 0 && val_data) { /* the whole file is validation data */
+        lg_data_opts vopt = dopt;
+        vopt.val_frac = 0;
+        dl = lg_dataset_load(val_data, t, &vopt, &vd);
+    }
     free(chat_tpl);
     if (dl != 0) goto done;
-    lg_data_stats st;
+    lg_data_stats st, vst;
     lg_dataset_stats(d, &st);
-    if (st.bad_rows)
-        fprintf(stderr, "skipped %ld malformed rows (--skip-bad; the first at line %ld)\n", st.bad_rows,
-                st.first_bad_line);
-    int nval = lg_dataset_count(d, LG_SPLIT_VAL);
+    lg_data_stats_print(stderr, "data", data, &st, o.seq_len);
+    if (vd) {
+        lg_dataset_stats(vd, &vst);
+        lg_data_stats_print(stderr, "validation data", val_data, &vst, o.seq_len);
+    }
+    int nval = vd ? lg_dataset_count(vd, LG_SPLIT_TRAIN_FILE) : lg_dataset_count(d, LG_SPLIT_VAL);
     if (o.val_batches == 0 && nval > 0) o.val_batches = (nval + o.batch_size - 1) / o.batch_size;
     if (nval == 0) o.val_batches = 0;
+    const int ntrain = lg_dataset_count(d, LG_SPLIT_TRAIN);
+    if (epochs > 0) { /* as transformers' Trainer: updates per epoch = ceil(ceil(examples / batch) / accumulation) */
+        long per_epoch = ((long)ntrain + o.batch_size - 1) / o.batch_size;
+        per_epoch = (per_epoch + o.grad_accum - 1) / o.grad_accum;
+        double want = ceil((double)epochs * (double)per_epoch);
+        if (want > 2147483647.0) {
+            lg_errorf("--epochs %g gives %.0f steps, too many", (double)epochs, want);
+            goto done;
+        }
+        o.steps = steps = LG_MAX(1, (int)want);
+        fprintf(stderr, "--epochs %g: %d training examples, %d per update (batch %d x accumulation %d): %ld updates per "
+                        "epoch, %d steps\n",
+                (double)epochs, ntrain, o.batch_size * o.grad_accum, o.batch_size, o.grad_accum, per_epoch, steps);
+    }
     fprintf(stderr, "model %s: %lld parameters; data %s: %d training rows, %d validation rows\n", model,
-            (long long)lg_model_numel(m), data, lg_dataset_count(d, LG_SPLIT_TRAIN), nval);
+            (long long)lg_model_numel(m), data, ntrain, nval);
     if (!(tmp = !root ? lg_dist_scratch_dir() : ckpt ? lg_ckpt_outdir_begin(out, ck_dir) : lg_outdir_begin(out)))
         goto done;
     if (lg_dist_size() > 1)
@@ -301,9 +454,29 @@ static int train_main(int argc, char **argv) {
         cJSON_AddBoolToObject(cfg, "--skip-bad", skip_bad);
         cJSON_AddNumberToObject(cfg, "training rows", lg_dataset_count(d, LG_SPLIT_TRAIN));
         cJSON_AddNumberToObject(cfg, "validation rows", nval);
+        if (row_format != LG_FMT_AUTO) cJSON_AddStringToObject(cfg, "--format", format);
+        const struct {
+            const char *opt, *v;
+        } fmap[] = {{"--text-field", fm.text},           {"--prompt-field", fm.prompt},
+                    {"--completion-field", fm.completion}, {"--messages-field", fm.messages},
+                    {"--conversations-field", fm.conversations}, {"--instruction-field", fm.instruction},
+                    {"--input-field", fm.input},         {"--output-field", fm.output},
+                    {"--system-field", fm.system}}; /* the mapping decides what the rows mean */
+        for (int i = 0; i < 9; i++)
+            if (fmap[i].v) cJSON_AddStringToObject(cfg, fmap[i].opt, fmap[i].v);
+        if (adapter_dir) {
+            char *ap = lg_path_join(adapter_dir, "adapter_model.safetensors");
+            uint64_t id;
+            int arc = lg_ckpt_file_id(ap, &id);
+            free(ap);
+            if (arc != 0) goto done;
+            char hx[17];
+            snprintf(hx, sizeof hx, "%016" PRIx64, id);
+            cJSON_AddStringToObject(cfg, "--adapter checksum", hx);
+        }
         ck_out = lg_path_join(out, "checkpoint");
     }
-    batch_src src = {d, o.batch_size, ga_bs, lg_dataset_count(d, LG_SPLIT_TRAIN)};
+    batch_src src = {d, o.batch_size, ga_bs, ntrain, vd};
 
     if (full) { /* every parameter trains */
         lg_model_set_trainable(m, NULL, NULL);
@@ -356,12 +529,31 @@ static int train_main(int argc, char **argv) {
             fprintf(stderr, "warning: --dropout %g with %s: the offset base assumes the adapter sees the whole input, "
                             "so dropout on the large initial A0, B0 adds noise the offset cannot cancel (the step-0 "
                             "loss rises); dropout 0 is recommended\n", dropout, method);
-        if (lg_adapters_attach(m, &lo, &ad) != 0) goto done;
+        int n_sel = 0;
+        if (!adapter_dir) { /* PEFT's target forms; a regex becomes the list of the paths it selects */
+            if (lg_targets_resolve(m, lo.targets, &resolved_targets, &n_sel) != 0) goto done;
+            targets = lo.targets; /* as resolved, for run.json and the checkpoint */
+            lo.targets = resolved_targets;
+        }
+        if (adapter_dir ? lg_adapters_load_peft(m, adapter_dir, &ad) : lg_adapters_attach(m, &lo, &ad)) goto done;
+        if (adapter_dir) { /* its own settings; --method may only say what it already is */
+            lo = *lg_adapters_opts(ad);
+            if ((mi == 2 && !lo.use_rslora) || (mi == 4 && !lo.use_dora)) {
+                lg_errorf("--method %s: %s/adapter_config.json has %s false", method, adapter_dir,
+                          mi == 2 ? "use_rslora" : "use_dora");
+                goto done;
+            }
+            rank = lo.r, alpha = lo.alpha, dropout = lo.dropout, use_rslora = lo.use_rslora, use_dora = lo.use_dora;
+            targets = lo.targets;
+            fprintf(stderr, "continuing the adapter %s: %d layers, r %d, alpha %g%s%s, dropout %g\n", adapter_dir,
+                    lg_adapters_count(ad), lo.r, (double)lo.alpha, lo.use_rslora ? ", rsLoRA" : "",
+                    lo.use_dora ? ", DoRA" : "", (double)lo.dropout);
+        }
         if (cfg) {
             cJSON_AddNumberToObject(cfg, "--rank", lo.r);
             cJSON_AddNumberToObject(cfg, "--alpha", lg_ckpt_float(lo.alpha));
             cJSON_AddNumberToObject(cfg, "--dropout", lg_ckpt_float(lo.dropout));
-            cJSON_AddStringToObject(cfg, "--targets", lo.targets);
+            cJSON_AddStringToObject(cfg, "--targets", targets);
             cJSON_AddBoolToObject(cfg, "--rslora", lo.use_rslora);
             cJSON_AddBoolToObject(cfg, "--dora", lo.use_dora);
             cJSON_AddStringToObject(cfg, "--init", init ? init : "kaiming");
@@ -448,6 +640,51 @@ static int train_main(int argc, char **argv) {
         o.stop_after = stop_after;
         o.resume_dir = ck_dir;
     }
+    /* snapshots, the best result, early stopping (run_record.h); in RUNDIR itself when it holds a checkpoint */
+    result_src rsrc = {m, full ? NULL : ad, t, base_name, dtype};
+    lg_run_tracker trk = {.dir = root && ckpt ? out : tmp, .save_every = save_every, .save_total_limit = save_total_limit,
+                          .save_best = save_best, .patience = early_stop, .write = root, .save = save_result,
+                          .save_ud = &rsrc};
+    lg_run_tracker_init(&trk);
+    if (save_every > 0 || save_best || early_stop) {
+        o.after_step = lg_run_after_step;
+        o.after_step_ud = &trk;
+    }
+    if (root) { /* run.json: every option as now resolved */
+        if (init == NULL && !full) init = "kaiming";
+        if (mi == 6) tinit = (int)lg_adapters_opts(ad)->tinit, tfinal = (int)lg_adapters_opts(ad)->tfinal;
+        steps = (int)o.steps;
+        rec = lg_run_record_new(argc, argv, lg_precision_name(prec));
+        cJSON_AddItemToObject(rec, "options", lg_opts_to_json(opts, nopts));
+        if (cfg_arg && lg_run_record_file(rec, "config_file", cfg_arg) != 0) goto done;
+        cJSON *mo = cJSON_AddObjectToObject(rec, "model");
+        char *mp = realpath(model, NULL);
+        cJSON_AddStringToObject(mo, "path", mp ? mp : model);
+        free(mp);
+        cJSON_AddStringToObject(mo, "name", base_name);
+        cJSON_AddStringToObject(mo, "checksum", model_hx);
+        cJSON_AddNumberToObject(mo, "parameters", (double)lg_model_numel(m));
+        if (lg_run_record_file(rec, "data", data) != 0) goto done;
+        cJSON *dj = cJSON_GetObjectItemCaseSensitive(rec, "data");
+        cJSON_AddNumberToObject(dj, "rows", (double)(st.rows + st.bad_rows));
+        cJSON_AddNumberToObject(dj, "skipped", (double)(st.bad_rows + st.dropped));
+        cJSON_AddNumberToObject(dj, "truncated", (double)st.truncated);
+        cJSON_AddNumberToObject(dj, "training_examples", (double)ntrain);
+        cJSON_AddNumberToObject(dj, "training_tokens", (double)st.tokens[0]);
+        cJSON_AddNumberToObject(dj, "validation_examples", (double)nval);
+        if (val_data && lg_run_record_file(rec, "validation_data", val_data) != 0) goto done;
+        if (adapter_dir) {
+            char *ap = lg_path_join(adapter_dir, "adapter_model.safetensors");
+            int arc = lg_run_record_file(rec, "adapter", ap);
+            free(ap);
+            if (arc != 0) goto done;
+        }
+        if (!full) {
+            cJSON_AddNumberToObject(rec, "adapted_layers", lg_adapters_count(ad));
+            cJSON_AddNumberToObject(rec, "trainable_parameters", (double)lg_adapters_numel(ad));
+        }
+        if (lg_run_record_write(rec, tmp) != 0) goto done;
+    }
     lg_train_result res;
     uint64_t comm0 = lg_dist_bytes_reduced();
     double csec0 = lg_dist_seconds();
@@ -470,26 +707,43 @@ static int train_main(int argc, char **argv) {
         rc = 0;
         goto done;
     }
+    if (res.ended_early)
+        fprintf(stderr, "early stop after step %ld: the validation loss has not improved for %d evaluations (best %.4f "
+                        "at step %ld)\n",
+                res.steps_done, early_stop, trk.best_val, trk.best_step);
     fprintf(stderr, "trained %ld steps in %.1fs: loss %.4f -> %.4f", res.steps_done, res.elapsed, res.first_loss,
             res.last_loss);
     if (!isnan(res.last_val_loss)) fprintf(stderr, ", validation loss %.4f", res.last_val_loss);
     fprintf(stderr, "\n");
+    if (save_best && !isnan(trk.best_val))
+        fprintf(stderr, "best validation loss %.4f at step %ld: %s/best/\n", trk.best_val, trk.best_step, out);
     char title[128];
     snprintf(title, sizeof title, "loraga train --method %s", method);
     char *svg = lg_path_join(tmp, "loss.svg");
     int prc = lg_plot_loss_svg(metrics, svg, title);
     free(svg);
     if (prc != 0) goto done;
-    if (full ? (lg_model_save_hf(m, tmp, dtype) != 0 || lg_tokenizer_save_hf(t, tmp) != 0)
-             : lg_adapters_save_peft(ad, tmp, model) != 0)
-        goto done;
+    if (save_result(tmp, &rsrc) != 0) goto done;
+    cJSON *rj = cJSON_AddObjectToObject(rec, "result");
+    cJSON_AddNumberToObject(rj, "steps", (double)res.steps_done);
+    cJSON_AddNumberToObject(rj, "resumed_from", (double)res.resumed_from);
+    cJSON_AddBoolToObject(rj, "early_stopped", res.ended_early);
+    cJSON_AddNumberToObject(rj, "first_loss", lg_ckpt_float(res.first_loss));
+    cJSON_AddNumberToObject(rj, "last_loss", lg_ckpt_float(res.last_loss));
+    if (!isnan(res.last_val_loss)) cJSON_AddNumberToObject(rj, "last_val_loss", lg_ckpt_float(res.last_val_loss));
+    if (!isnan(trk.best_val)) {
+        cJSON_AddNumberToObject(rj, "best_val_loss", lg_ckpt_float(trk.best_val));
+        cJSON_AddNumberToObject(rj, "best_step", (double)trk.best_step);
+    }
+    cJSON_AddNumberToObject(rj, "seconds", res.elapsed);
+    if (lg_run_record_write(rec, tmp) != 0) goto done;
     if ((ckpt ? lg_ckpt_outdir_commit(tmp, out) : lg_outdir_commit(tmp, out)) != 0) {
         tmp = NULL;
         goto done;
     }
     tmp = NULL;
-    fprintf(stderr, "wrote %s (%s, metrics.jsonl, loss.svg)\n", out,
-            full ? "model.safetensors, config.json, tokenizer" : "adapter_model.safetensors, adapter_config.json");
+    fprintf(stderr, "wrote %s (%s, tokenizer, metrics.jsonl, loss.svg, run.json)\n", out,
+            full ? "model.safetensors, config.json" : "adapter_model.safetensors, adapter_config.json");
     rc = 0;
 done:
     if (rc) lg_cli_fail();
@@ -506,6 +760,9 @@ done:
     free(ot);
     lg_adapters_free(ad);
     lg_dataset_free(d);
+    lg_dataset_free(vd);
+    cJSON_Delete(rec);
+    free(base_name), free(resolved_targets);
     lg_tokenizer_free(t);
     lg_model_free(m);
     return rc;
@@ -517,6 +774,8 @@ int cmd_train(int argc, char **argv) {
     if (lg_dist_init(&argc, &argv) != 0) return lg_cli_fail();
     lg_dist_quiet_others();
     int rc = train_main(argc, argv);
+    lg_yaml_cfg_free(g_yaml);
+    g_yaml = NULL;
     if (rc != 0 && lg_dist_size() > 1) lg_dist_abort(rc == 2 ? "invalid command line" : lg_last_error());
     lg_dist_finalize();
     return rc;

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "core/version.h"
 
 static const struct {
     const char *name;
@@ -14,13 +15,14 @@ static const struct {
     {"eval", cmd_eval, "loss / perplexity of a model (+ adapter) on data"},
     {"train", cmd_train, "fine-tune: full, LoRA family, LoRA-GA"},
     {"merge", cmd_merge, "merge a PEFT LoRA adapter into the base: a new Hugging Face directory"},
+    {"export", cmd_export, "a model (+ adapter merged) or an adapter as GGUF for llama.cpp / Ollama"},
     {"generate", cmd_generate, "sample text from a model (+ adapter) with a KV cache"},
     {"bench", cmd_bench, "measure tokens/s, GFLOP/s and peak RSS of the engine"},
 };
 
 static void usage(void) {
     printf("loraga — LoRA / LoRA-GA fine-tuning of transformer language models\n\n"
-           "usage: loraga <command> [options]   (loraga <command> --help for its options)\n\n"
+           "usage: loraga <command> [options]   (loraga <command> --help for its options; loraga --version)\n\n"
            "commands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         printf("  %-10s %s\n", commands[i].name, commands[i].help);
@@ -36,6 +38,10 @@ static void usage(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 2 && (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V"))) {
+        printf("loraga %s (git %s)\n", LG_VERSION, lg_git_commit());
+        return 0;
+    }
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage();
         return argc < 2 ? 2 : 0;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/util.h"
+#include "template/chat.h"
 #include "tokenizer/tok_internal.h" /* the tokenizer's tokenizer_config.json, for its chat template */
 
 struct lg_dataset {
@@ -64,17 +65,21 @@ typedef struct {
     const lg_data_opts *o;
     rows_t rows;
     lg_data_stats st;
-    int chat_state;    /* 0 = template not looked at yet, 1 = ChatML ready, -1 = failed */
-    char *chat_system; /* default system prompt of the template (NULL: none) */
+    int chat_state; /* 0 = template not looked at yet, 1 = ready, -1 = failed */
+    lg_chat *chat;
+    int alpaca_chat; /* a chat template exists: Alpaca rows become chats */
 } loader;
 
 /* A bad row: error, or counted when skip_bad. Returns 0 to go on, -1 to stop. */
 static int bad_row(loader *L, long line, const char *fmt, const char *arg) {
-    char msg[512];
+    char msg[1024];
     snprintf(msg, sizeof msg, fmt, arg ? arg : "");
     if (L->o->skip_bad) {
         L->st.bad_rows++;
-        if (!L->st.first_bad_line) L->st.first_bad_line = line;
+        if (!L->st.first_bad_line) {
+            L->st.first_bad_line = line;
+            snprintf(L->st.first_bad_why, sizeof L->st.first_bad_why, "%.199s", msg); /* its start */
+        }
         return 0;
     }
     return lg_errorf("%s:%ld: %s", L->name, line, msg);
@@ -99,14 +104,15 @@ static int add_row(loader *L, const char *prompt, size_t plen, const char *body,
     if (L->o->add_bos && bos >= 0) rows_push_tok(r, bos, 0);
     if (prompt && encode_into(L, prompt, plen, 0, line)) return -1;
     if (encode_into(L, body, blen, 1, line)) return -1;
-    if (L->o->add_eos && eos >= 0) rows_push_tok(r, eos, 1);
+    /* EOS: text rows with add_eos; prompt/completion rows unless no_eos (TRL appends it) */
+    if ((L->o->add_eos || (prompt && !L->o->no_eos)) && eos >= 0) rows_push_tok(r, eos, 1);
     return end_row(L, start);
 }
 
 /* truncate (unless packing), drop a row with nothing to learn, else record it */
 static int end_row(loader *L, size_t start) {
     rows_t *r = &L->rows;
-    size_t len = r->n - start;
+    size_t len = r->n - start, full = r->n;
     if (!L->o->pack && len > (size_t)L->o->max_len) {
         L->st.truncated++;
         r->n = start + (size_t)L->o->max_len;
@@ -114,7 +120,10 @@ static int end_row(loader *L, size_t start) {
     }
     int any = 0;
     for (size_t i = start + 1; i < r->n; i++) any |= r->loss[i];
-    if (!any) { /* nothing to learn from this row */
+    if (!any && !L->o->keep_empty) { /* nothing to learn from this row */
+        int cut = 0; /* the cut-off tail is still in the buffer */
+        for (size_t i = r->n; i < full; i++) cut |= r->loss[i];
+        L->st.dropped_cut += cut;
         L->st.dropped++;
         r->n = start;
         return 0;
@@ -126,84 +135,13 @@ static int end_row(loader *L, size_t start) {
 static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
 /* ---- chat rows ------------------------------------------------------------------------- *
- * There is no Jinja engine here: a template is recognised as one of the known ChatML forms and
- * rendered by code that produces exactly what Jinja would for plain role/content messages. */
-
-/* Template text with the white space inside {{ }} / {% %} tags (outside string literals) removed,
- * "..." literals turned into '...', and the \n escape turned into a newline: two spellings of the
- * same template compare equal. Text outside tags is output and is kept as it is. */
-static char *tmpl_norm(const char *t) {
-    size_t n = strlen(t);
-    char *o = lg_malloc(n + 1), *p = o;
-    int tag = 0;
-    char quote = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = t[i];
-        if (!tag) {
-            if (c == '{' && i + 1 < n && (t[i + 1] == '{' || t[i + 1] == '%')) tag = 1;
-            *p++ = c;
-            continue;
-        }
-        if (quote) {
-            if (c == '\\' && i + 1 < n && t[i + 1] == 'n') *p++ = '\n', i++;
-            else if (c == quote) *p++ = '\'', quote = 0;
-            else *p++ = c;
-            continue;
-        }
-        if (c == '\'' || c == '"') {
-            quote = c;
-            *p++ = '\'';
-        } else if (c == '}' && i + 1 < n && t[i + 1] == '}' ) {
-            *p++ = '}', *p++ = '}', i++, tag = 0;
-        } else if (c == '%' && i + 1 < n && t[i + 1] == '}') {
-            *p++ = '%', *p++ = '}', i++, tag = 0;
-        } else if (!is_ws(c)) {
-            *p++ = c;
-        }
-    }
-    *p = 0;
-    return o;
-}
-
-/* ChatML as SmolLM2 / Qwen1.5 write it (with a default system turn when the first message is not
- * a system one), or without the default system turn. sys_default receives the default text. */
-static int chatml_parse(const char *tmpl, char **sys_default) {
-    /* \x01 marks where the default system text goes; patterns are normalised whole */
-    static const char *const WITH_SYS =
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\n\x01<|im_end|>\n' }}{% endif %}"
-        "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-    static const char *const PLAIN =
-        "{% for message in messages %}"
-        "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-    char *t = tmpl_norm(tmpl), *a = tmpl_norm(WITH_SYS), *b = tmpl_norm(PLAIN);
-    int ok = 0;
-    *sys_default = NULL;
-    char *mark = strchr(a, '\x01');
-    if (!strcmp(t, b)) ok = 1;
-    else if (mark) {
-        size_t pre = (size_t)(mark - a), post = strlen(mark + 1), n = strlen(t);
-        if (n >= pre + post && !strncmp(t, a, pre) && !strcmp(t + n - post, mark + 1)) {
-            const char *d = t + pre;
-            size_t dl = n - pre - post;
-            /* the default text is a plain literal: no quotes, escapes or tags in it */
-            if (!memchr(d, '\'', dl) && !memchr(d, '\\', dl) && !memchr(d, '{', dl)) {
-                *sys_default = lg_malloc(dl + 1);
-                memcpy(*sys_default, d, dl);
-                (*sys_default)[dl] = 0;
-                ok = 1;
-            }
-        }
-    }
-    free(t), free(a), free(b);
-    return ok;
-}
+ * Rendered with the model's own Jinja template (src/template), as apply_chat_template renders
+ * them; the assistant turns are found by rendering (src/template/chat.h). */
 
 /* The tokenizer's chat template when the options give none: "chat_template" of the
- * tokenizer_config.json it was loaded with (a GGUF tokenizer carries its template there too). */
-static char *tokenizer_template(const lg_tokenizer *tok) {
+ * tokenizer_config.json it was loaded with (a GGUF tokenizer carries its template there too);
+ * a named list [{"name", "template"}] gives its "default". */
+char *lg_data_tokenizer_template(const lg_tokenizer *tok) {
     if (!tok->src_config) return NULL;
     cJSON *cfg = cJSON_ParseWithLength(tok->src_config, tok->src_config_len);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template"), *x;
@@ -218,92 +156,81 @@ static char *tokenizer_template(const lg_tokenizer *tok) {
     return r;
 }
 
+/* bos_token, eos_token, unk_token, pad_token as the template sees them (those the tokenizer has) */
+cJSON *lg_data_special_tokens(const lg_tokenizer *tok) {
+    cJSON *o = cJSON_CreateObject();
+    static const char *const K[] = {"bos_token", "eos_token", "unk_token", "pad_token"};
+    int ids[4] = {tok->bos, tok->eos, tok->unk_id, tok->pad};
+    for (int k = 0; k < 4; k++) {
+        const char *p = ids[k] >= 0 ? lg_tokenizer_id_to_piece(tok, ids[k]) : NULL;
+        if (p) cJSON_AddStringToObject(o, K[k], p);
+    }
+    return o;
+}
+
 static int chat_setup(loader *L, long line) {
     if (L->chat_state) return L->chat_state > 0 ? 0 : -1;
     L->chat_state = -1;
-    char *own = L->o->chat_template ? NULL : tokenizer_template(L->tok);
+    char *own = L->o->chat_template ? NULL : lg_data_tokenizer_template(L->tok);
     const char *tmpl = L->o->chat_template ? L->o->chat_template : own;
-    if (!tmpl) {
-        return lg_errorf("%s:%ld: chat rows (\"messages\") need the model's chat template, and the tokenizer has none "
-                         "(\"chat_template\" in tokenizer_config.json or tokenizer.chat_template in a GGUF)", L->name, line);
-    }
-    int ok = chatml_parse(tmpl, &L->chat_system);
-    if (!ok) {
-        int rc = lg_errorf("%s:%ld: the chat template is not one loraga can render (only ChatML: "
-                           "'<|im_start|>' + role + '\\n' + content + '<|im_end|>' + '\\n'; there is no Jinja engine). "
-                           "It starts: %.120s", L->name, line, tmpl);
-        free(own);
-        return rc;
-    }
+    if (!tmpl)
+        return lg_errorf("%s:%ld: chat rows (\"messages\") need the model's chat template, and none was found "
+                         "(chat_template.jinja, \"chat_template\" in tokenizer_config.json or tokenizer.chat_template "
+                         "in a GGUF)", L->name, line);
+    cJSON *sp = lg_data_special_tokens(L->tok), *extra = L->o->chat_vars ? cJSON_Parse(L->o->chat_vars) : NULL;
+    int rc = lg_chat_new(tmpl, "chat template", sp, extra, &L->chat);
+    cJSON_Delete(sp);
+    cJSON_Delete(extra);
     free(own);
-    if (lg_tokenizer_piece_to_id(L->tok, "<|im_start|>") < 0 || lg_tokenizer_piece_to_id(L->tok, "<|im_end|>") < 0)
-        return lg_errorf("%s:%ld: ChatML template but the tokenizer has no <|im_start|> / <|im_end|> token", L->name, line);
+    if (rc) return lg_errorf_prefix("%s:%ld", L->name, line);
     L->chat_state = 1;
     return 0;
 }
 
-typedef struct {
-    size_t a, b; /* byte range in the rendered text */
-    int loss;
-} chat_span;
-
-static void span_add(tk_buf *txt, chat_span **sp, int *n, const char *s, size_t len, int loss) {
-    *sp = lg_realloc(*sp, (size_t)(*n + 1) * sizeof **sp);
-    (*sp)[*n].a = txt->n;
-    tk_buf_put(txt, s, len);
-    (*sp)[*n].b = txt->n;
-    (*sp)[(*n)++].loss = loss;
-}
-
-/* A {"messages": [...]} row rendered with ChatML. Loss on each assistant message's content and
- * its <|im_end|> (what the model must learn to produce and where to stop); no BOS/EOS is added:
- * the template decides the special tokens. The whole text is tokenised at once (as
- * apply_chat_template does) and a token counts if its bytes overlap a loss span. */
+/* A {"messages": [...]} row: the template's rendering of the conversation, tokenised whole with no
+ * special tokens added (as apply_chat_template does: the template places BOS/EOS). A token carries
+ * loss when it overlaps an assistant span and does not run past its end. */
 static int add_chat_row(loader *L, const cJSON *msgs, long line) {
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
         return bad_row(L, line, "\"messages\" must be a non-empty array of {\"role\", \"content\"} objects%s", NULL);
     const cJSON *m;
     int k = 0;
     cJSON_ArrayForEach(m, msgs) {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         char msg[96];
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !cJSON_IsString(content) || !*role->valuestring) {
-            snprintf(msg, sizeof msg, "messages[%d] needs a non-empty string \"role\" and a string \"content\"", k);
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !*role->valuestring) {
+            snprintf(msg, sizeof msg, "messages[%d] needs a non-empty string \"role\"", k);
+            return bad_row(L, line, "%s", msg);
+        }
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(m, "weight");
+        if (w && !cJSON_IsBool(w) && !(cJSON_IsNumber(w) && (w->valuedouble == 0 || w->valuedouble == 1))) {
+            snprintf(msg, sizeof msg, "messages[%d].weight must be 0 or 1", k);
             return bad_row(L, line, "%s", msg);
         }
         k++;
     }
     if (chat_setup(L, line)) return -1;
-    tk_buf txt = {0};
-    chat_span *sp = NULL;
+    char *txt = NULL;
+    size_t tn = 0;
+    lg_jinja_span *sp = NULL;
     int ns = 0;
-    const char *first_role = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(msgs, 0), "role")->valuestring;
-    if (L->chat_system && strcmp(first_role, "system")) {
-        span_add(&txt, &sp, &ns, "<|im_start|>system\n", 19, 0);
-        span_add(&txt, &sp, &ns, L->chat_system, strlen(L->chat_system), 0);
-        span_add(&txt, &sp, &ns, "<|im_end|>\n", 11, 0);
-    }
-    cJSON_ArrayForEach(m, msgs) {
-        const char *role = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
-        const char *content = cJSON_GetObjectItemCaseSensitive(m, "content")->valuestring;
-        int as = !strcmp(role, "assistant");
-        span_add(&txt, &sp, &ns, "<|im_start|>", 12, 0);
-        span_add(&txt, &sp, &ns, role, strlen(role), 0);
-        span_add(&txt, &sp, &ns, "\n", 1, 0);
-        span_add(&txt, &sp, &ns, content, strlen(content), as);
-        span_add(&txt, &sp, &ns, "<|im_end|>", 10, as);
-        span_add(&txt, &sp, &ns, "\n", 1, 0);
+    if (lg_chat_assistant_spans(L->chat, msgs, &txt, &tn, &sp, &ns)) {
+        lg_errorf_prefix("%s:%ld", L->name, line);
+        if (!L->o->skip_bad) return -1;
+        return bad_row(L, line, "%s", lg_last_error());
     }
     rows_t *r = &L->rows;
     size_t start = r->n;
     L->st.rows++;
     int *ids = NULL, n = 0, rc = 0;
-    if (lg_tokenizer_encode(L->tok, txt.p, txt.n, 0, &ids, &n)) {
+    size_t *end = NULL;
+    if (lg_tokenizer_encode(L->tok, txt, tn, 0, &ids, &n)) {
         rc = lg_errorf_prefix("%s:%ld", L->name, line);
         goto done;
     }
     /* byte extent of each token: its raw bytes, special tokens kept */
-    size_t *end = lg_malloc((size_t)(n ? n : 1) * sizeof(size_t)), pos = 0;
+    end = lg_malloc((size_t)(n ? n : 1) * sizeof(size_t));
+    size_t pos = 0;
     for (int i = 0; i < n; i++) {
         char *b;
         size_t bl;
@@ -312,51 +239,79 @@ static int add_chat_row(loader *L, const cJSON *msgs, long line) {
         pos += bl;
         end[i] = pos;
     }
-    if (pos == txt.n) {
+    if (pos == tn) {
         size_t a = 0;
-        int s = 0;
         for (int i = 0; i < n; i++) {
             int loss = 0;
-            while (s < ns && sp[s].b <= a) s++;
-            for (int q = s; q < ns && sp[q].a < end[i]; q++) loss |= sp[q].loss && sp[q].b > a && sp[q].a < sp[q].b;
+            for (int q = 0; q < ns && !loss; q++) loss = end[i] > sp[q].a && a < sp[q].b && end[i] <= sp[q].b;
             rows_push_tok(r, ids[i], (unsigned char)loss);
             a = end[i];
         }
-    } else { /* decoding does not give the bytes back (normalising tokenizers): span by span */
-        for (int q = 0; q < ns && !rc; q++) {
-            int *pi, pn;
-            if (lg_tokenizer_encode(L->tok, txt.p + sp[q].a, sp[q].b - sp[q].a, 0, &pi, &pn)) {
-                rc = lg_errorf_prefix("%s:%ld", L->name, line);
-                r->n = start;
-                break;
+    } else { /* decoding does not give the bytes back (normalising tokenizers): piece by piece */
+        size_t a = 0;
+        for (int q = 0; q <= ns && !rc; q++) {
+            size_t cut[2] = {q < ns ? sp[q].a : tn, q < ns ? sp[q].b : tn};
+            for (int h = 0; h < 2 && !rc; h++) {
+                if (cut[h] <= a) continue;
+                int *pi, pn;
+                if (lg_tokenizer_encode(L->tok, txt + a, cut[h] - a, 0, &pi, &pn)) {
+                    rc = lg_errorf_prefix("%s:%ld", L->name, line);
+                    r->n = start;
+                    break;
+                }
+                for (int i = 0; i < pn; i++) rows_push_tok(r, pi[i], (unsigned char)(h == 1));
+                free(pi);
+                a = cut[h];
             }
-            for (int i = 0; i < pn; i++) rows_push_tok(r, pi[i], (unsigned char)sp[q].loss);
-            free(pi);
         }
     }
-    free(end);
     if (!rc) rc = end_row(L, start);
 done:
+    free(end);
     free(ids);
-    free(txt.p);
+    free(txt);
     free(sp);
     return rc;
 }
 
 /* ---- JSONL ---------------------------------------------------------------------------- */
-static int get_str(loader *L, const cJSON *o, const char *key, long line, const char **out, int *bad) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    *out = NULL;
-    *bad = 0;
-    if (!v) return 0;
-    if (!cJSON_IsString(v)) {
-        char m[128];
-        snprintf(m, sizeof m, "field \"%s\" is not a string", key);
-        *bad = 1;
-        return bad_row(L, line, "%s", m);
+/* One row of any accepted shape (formats.h): made canonical, then added. */
+static int process_row(loader *L, const cJSON *row, long line) {
+    char why[1024];
+    lg_row_format shape;
+    cJSON *c = lg_row_canonical(row, L->o->format, &L->o->fields, L->alpaca_chat, &shape, why, sizeof why);
+    if (!c) return bad_row(L, line, "%s", why);
+    L->st.shape_rows[shape]++;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(c, "text"), *p = cJSON_GetObjectItemCaseSensitive(c, "prompt"),
+                *q = cJSON_GetObjectItemCaseSensitive(c, "completion");
+    int rc;
+    if (p) rc = add_row(L, p->valuestring, strlen(p->valuestring), q->valuestring, strlen(q->valuestring), line);
+    else if (t) rc = add_row(L, NULL, 0, t->valuestring, strlen(t->valuestring), line);
+    else rc = add_chat_row(L, cJSON_GetObjectItemCaseSensitive(c, "messages"), line);
+    cJSON_Delete(c);
+    return rc;
+}
+
+/* A JSON array of rows, or a CSV/TSV file (formats.h reads the records). */
+static int load_records(loader *L, const char *data, size_t len, lg_file_kind kind) {
+    lg_rec_reader *r;
+    if (lg_rec_open(L->name, data, len, kind, &r)) return -1;
+    int rc = 0;
+    for (;;) {
+        cJSON *o;
+        long line;
+        char why[256];
+        int got = lg_rec_next(r, &o, &line, why, sizeof why);
+        if (got <= 0) {
+            rc = got;
+            break;
+        }
+        rc = o ? process_row(L, o, line) : bad_row(L, line, "%s", why);
+        cJSON_Delete(o);
+        if (rc) break;
     }
-    *out = v->valuestring;
-    return 0;
+    lg_rec_close(r);
+    return rc;
 }
 
 static int load_jsonl(loader *L, const char *data, size_t len) {
@@ -398,30 +353,7 @@ static int load_jsonl(loader *L, const char *data, size_t len) {
             if (bad_row(L, line, "%s", m)) return -1;
             continue;
         }
-        int rc = 0, b1 = 0, b2 = 0, b3 = 0;
-        const char *text, *prompt, *comp;
-        if (!cJSON_IsObject(o)) {
-            rc = bad_row(L, line, "row is not a JSON object%s", NULL);
-            goto next;
-        }
-        if ((rc = get_str(L, o, "text", line, &text, &b1)) || b1) goto next;
-        if ((rc = get_str(L, o, "prompt", line, &prompt, &b2)) || b2) goto next;
-        if ((rc = get_str(L, o, "completion", line, &comp, &b3)) || b3) goto next;
-        if (prompt || comp) {
-            if (!prompt || !comp) {
-                rc = bad_row(L, line, "row has \"%s\" but not the other of \"prompt\"/\"completion\"",
-                             prompt ? "prompt" : "completion");
-                goto next;
-            }
-            rc = add_row(L, prompt, strlen(prompt), comp, strlen(comp), line);
-        } else if (text) {
-            rc = add_row(L, NULL, 0, text, strlen(text), line);
-        } else if (cJSON_GetObjectItemCaseSensitive(o, "messages")) {
-            rc = add_chat_row(L, cJSON_GetObjectItemCaseSensitive(o, "messages"), line);
-        } else {
-            rc = bad_row(L, line, "row has neither \"text\" nor \"prompt\"+\"completion\"%s", NULL);
-        }
-    next:
+        int rc = process_row(L, o, line);
         cJSON_Delete(o);
         if (rc) return -1;
     }
@@ -564,6 +496,18 @@ static void build_split(lg_dataset *d, int s, const rows_t *r, const long *rows,
 
 int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_jsonl, const lg_tokenizer *tok,
                         const lg_data_opts *o, lg_dataset **out) {
+    return lg_dataset_load_mem_kind(name, data, len, is_jsonl ? LG_FILE_JSON : LG_FILE_TEXT, tok, o, out);
+}
+
+/* JSON that starts with '[' (after a BOM and white space) is one array of rows, else JSON Lines. */
+static int json_is_array(const char *data, size_t len) {
+    size_t i = len >= 3 && !memcmp(data, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    while (i < len && is_ws(data[i])) i++;
+    return i < len && data[i] == '[';
+}
+
+int lg_dataset_load_mem_kind(const char *name, const char *data, size_t len, lg_file_kind kind,
+                             const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out) {
     *out = NULL;
     if (!name) name = "data";
     if (!tok) return lg_errorf("%s: no tokenizer", name);
@@ -575,8 +519,16 @@ int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_j
     L.name = name;
     L.tok = tok;
     L.o = o;
-    int rc = is_jsonl ? load_jsonl(&L, data, len) : load_txt(&L, data, len);
-    free(L.chat_system);
+    if (kind != LG_FILE_TEXT) { /* Alpaca rows become chats when there is a template to render them */
+        char *tt = o->chat_template ? NULL : lg_data_tokenizer_template(tok);
+        L.alpaca_chat = o->chat_template || tt;
+        free(tt);
+    }
+    L.st.alpaca_chat = L.alpaca_chat;
+    int rc = kind == LG_FILE_TEXT                       ? load_txt(&L, data, len)
+             : kind == LG_FILE_JSON && !json_is_array(data, len) ? load_jsonl(&L, data, len)
+                                                                 : load_records(&L, data, len, kind);
+    lg_chat_free(L.chat);
     if (rc) {
         rows_free(&L.rows);
         return -1;
@@ -630,18 +582,13 @@ int lg_dataset_load_mem(const char *name, const char *data, size_t len, int is_j
     return 0;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
 int lg_dataset_load(const char *path, const lg_tokenizer *tok, const lg_data_opts *o, lg_dataset **out) {
     *out = NULL;
     char *data;
     size_t len;
     if (lg_read_file(path, &data, &len)) return -1;
-    int jsonl = ends_with(path, ".jsonl") || ends_with(path, ".json") || ends_with(path, ".JSONL");
-    int rc = lg_dataset_load_mem(path, data, len, jsonl, tok, o, out);
+    lg_file_kind kind = o->kind != LG_FILE_AUTO ? o->kind : lg_file_kind_of(path);
+    int rc = lg_dataset_load_mem_kind(path, data, len, kind, tok, o, out);
     free(data);
     return rc;
 }

@@ -41,8 +41,9 @@ const char *lg_ggml_type_name(uint32_t type) {
 
 int lg_ggml_type_supported(uint32_t t) {
     return t == LG_GGML_F32 || t == LG_GGML_F16 || t == LG_GGML_BF16 || t == LG_GGML_Q8_0 || t == LG_GGML_Q4_0 ||
-           t == LG_GGML_Q4_1;
+           t == LG_GGML_Q4_1 || t == LG_GGML_Q5_0 || t == LG_GGML_Q5_1 || (t >= LG_GGML_Q2_K && t <= LG_GGML_Q6_K);
 }
+#define SUPPORTED_TYPES "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"
 
 static const char *value_type_name(uint32_t t) {
     static const char *const n[] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"};
@@ -62,6 +63,7 @@ typedef struct {
     uint64_t len;  /* string: byte length; array: element count */
     uint32_t atype;     /* array element type */
     size_t *elem;       /* arrays of strings: offset of each element's u64 length */
+    size_t raw_a, raw_b; /* the encoded value (type word to its end), for copying it to another file */
 } gg_kv;
 
 struct lg_gguf {
@@ -223,6 +225,7 @@ static int parse(lg_gguf *g) {
         if (rd_str(&c, &koff, &klen, "metadata key")) return lg_errorf_prefix("key/value %llu", (unsigned long long)i);
         if (!(kv->key = dup_name(&c, koff, klen, "metadata key"))) return -1;
         g->n_kv = (int)i + 1;
+        kv->raw_a = c.pos;
         if (rd_u32(&c, &kv->type, "value type")) return -1;
         if (kv->type > LG_GGUF_F64)
             return lg_errorf("%s: key '%s' has unknown value type %u", g->name, kv->key, kv->type);
@@ -238,6 +241,7 @@ static int parse(lg_gguf *g) {
             read_scalar(c.p + c.pos, kv->type, kv);
             c.pos += n;
         }
+        kv->raw_b = c.pos;
     }
     /* keys sorted once: duplicates found and lookups by binary search */
     g->kv_sorted = lg_malloc((size_t)(g->n_kv ? g->n_kv : 1) * sizeof(int));
@@ -402,6 +406,12 @@ size_t lg_gguf_data_offset(const lg_gguf *g) { return g->data_off; }
 
 /* ---- metadata access ------------------------------------------------------------------------- */
 int lg_gguf_n_kv(const lg_gguf *g) { return g->n_kv; }
+int lg_gguf_kv_raw(const lg_gguf *g, int i, const void **p, size_t *n) {
+    if (i < 0 || i >= g->n_kv) return -1;
+    *p = g->p + g->kv[i].raw_a;
+    *n = g->kv[i].raw_b - g->kv[i].raw_a;
+    return 0;
+}
 const char *lg_gguf_kv_key(const lg_gguf *g, int i) { return i >= 0 && i < g->n_kv ? g->kv[i].key : NULL; }
 int lg_gguf_kv_type(const lg_gguf *g, int i) { return i >= 0 && i < g->n_kv ? (int)g->kv[i].type : -1; }
 
@@ -565,9 +575,119 @@ int lg_gguf_dequant(uint32_t type, const void *src, float *dst, int64_t n) {
             }
         }
         return 0;
+    case LG_GGML_Q5_0:
+    case LG_GGML_Q5_1: {
+        const int one = type == LG_GGML_Q5_1, bs = one ? 24 : 22, qo = one ? 8 : 6;
+        for (int64_t b = 0; b < n / 32; b++, s += bs, dst += 32) {
+            float d = half(s), m = one ? half(s + 2) : 0.0f;
+            uint32_t qh;
+            memcpy(&qh, s + qo - 4, 4);
+            for (int j = 0; j < 16; j++) {
+                int x0 = (s[qo + j] & 0x0F) | (((qh >> j) << 4) & 0x10), x1 = (s[qo + j] >> 4) | ((qh >> (j + 12)) & 0x10);
+                if (one) {
+                    float lo = (float)x0 * d, hi = (float)x1 * d;
+                    dst[j] = lo + m, dst[j + 16] = hi + m;
+                } else {
+                    dst[j] = (float)(x0 - 16) * d, dst[j + 16] = (float)(x1 - 16) * d;
+                }
+            }
+        }
+        return 0;
+    }
+    /* K-quants: super-blocks of 256 (ggml-quants.c dequantize_row_q*_K, products rounded before
+     * the subtraction, as ggml and gguf-py compute them) */
+    case LG_GGML_Q2_K:
+        for (int64_t b = 0; b < n / 256; b++, s += 84) {
+            const uint8_t *sc = s, *q = s + 16;
+            float d = half(s + 80), mn = half(s + 82);
+            int is = 0;
+            for (int h = 0; h < 256; h += 128, q += 32)
+                for (int shift = 0; shift < 8; shift += 2)
+                    for (int k = 0; k < 2; k++) {
+                        uint8_t c = sc[is++];
+                        float dl = d * (float)(c & 0xF), ml = mn * (float)(c >> 4);
+                        for (int l = 0; l < 16; l++) {
+                            float v = dl * (float)((q[l + 16 * k] >> shift) & 3);
+                            *dst++ = v - ml;
+                        }
+                    }
+        }
+        return 0;
+    case LG_GGML_Q3_K:
+        for (int64_t b = 0; b < n / 256; b++, s += 110) {
+            const uint8_t *hm = s, *q = s + 32, *raw = s + 96;
+            float d = half(s + 108);
+            uint32_t aux[4];
+            memcpy(aux, raw, 12);
+            uint32_t tmp = aux[2];
+            const uint32_t k1 = 0x03030303, k2 = 0x0f0f0f0f;
+            aux[2] = ((aux[0] >> 4) & k2) | (((tmp >> 4) & k1) << 4);
+            aux[3] = ((aux[1] >> 4) & k2) | (((tmp >> 6) & k1) << 4);
+            aux[0] = (aux[0] & k2) | (((tmp >> 0) & k1) << 4);
+            aux[1] = (aux[1] & k2) | (((tmp >> 2) & k1) << 4);
+            int8_t scales[16];
+            memcpy(scales, aux, 16);
+            int is = 0;
+            uint8_t m = 1;
+            for (int h = 0; h < 256; h += 128, q += 32)
+                for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+                    for (int k = 0; k < 2; k++) {
+                        float dl = d * (float)(scales[is++] - 32);
+                        for (int l = 0; l < 16; l++)
+                            *dst++ = dl * (float)(((q[l + 16 * k] >> shift) & 3) - ((hm[l + 16 * k] & m) ? 0 : 4));
+                    }
+        }
+        return 0;
+    case LG_GGML_Q4_K:
+    case LG_GGML_Q5_K: {
+        const int five = type == LG_GGML_Q5_K, bs = five ? 176 : 144;
+        for (int64_t b = 0; b < n / 256; b++, s += bs) {
+            float d = half(s), mn = half(s + 2);
+            const uint8_t *sc = s + 4, *qh = s + 16, *q = s + (five ? 48 : 16);
+            uint8_t u1 = 1, u2 = 2;
+            for (int j = 0, is = 0; j < 256; j += 64, is += 2, q += 32, u1 <<= 2, u2 <<= 2) {
+                uint8_t scl[2], mnl[2];
+                for (int k = 0; k < 2; k++) {
+                    int jj = is + k;
+                    if (jj < 4) scl[k] = sc[jj] & 63, mnl[k] = sc[jj + 4] & 63;
+                    else
+                        scl[k] = (uint8_t)((sc[jj + 4] & 0xF) | ((sc[jj - 4] >> 6) << 4)),
+                        mnl[k] = (uint8_t)((sc[jj + 4] >> 4) | ((sc[jj] >> 6) << 4));
+                }
+                float d1 = d * (float)scl[0], m1 = mn * (float)mnl[0], d2 = d * (float)scl[1], m2 = mn * (float)mnl[1];
+                for (int l = 0; l < 32; l++) {
+                    float v = d1 * (float)((q[l] & 0xF) + (five && (qh[l] & u1) ? 16 : 0));
+                    *dst++ = v - m1;
+                }
+                for (int l = 0; l < 32; l++) {
+                    float v = d2 * (float)((q[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0));
+                    *dst++ = v - m2;
+                }
+            }
+        }
+        return 0;
+    }
+    case LG_GGML_Q6_K:
+        for (int64_t b = 0; b < n / 256; b++, s += 210) {
+            const uint8_t *ql = s, *qh = s + 128;
+            const int8_t *sc = (const int8_t *)(s + 192);
+            float d = half(s + 208);
+            for (int h = 0; h < 256; h += 128, dst += 128, ql += 64, qh += 32, sc += 8)
+                for (int l = 0; l < 32; l++) {
+                    int is = l / 16;
+                    int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                    int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                    int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                    int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                    dst[l] = d * (float)sc[is] * (float)q1;
+                    dst[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                    dst[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                    dst[l + 96] = d * (float)sc[is + 6] * (float)q4;
+                }
+        }
+        return 0;
     default:
-        return lg_errorf("cannot dequantise ggml type %s (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
-                         lg_ggml_type_name(type));
+        return lg_errorf("cannot dequantise ggml type %s (supported: " SUPPORTED_TYPES ")", lg_ggml_type_name(type));
     }
 }
 
@@ -578,8 +698,8 @@ static size_t row_bytes(const lg_gguf_tensor *t) {
 
 int lg_gguf_read_f32(const lg_gguf *g, const lg_gguf_tensor *t, float *dst) {
     if (!lg_ggml_type_supported(t->type))
-        return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: F32, F16, BF16, "
-                         "Q8_0, Q4_0, Q4_1)", g->name, t->name, lg_ggml_type_name(t->type));
+        return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: " SUPPORTED_TYPES ")",
+                         g->name, t->name, lg_ggml_type_name(t->type));
     int64_t rows = t->ne[0] ? t->numel / t->ne[0] : 0;
     size_t rb = row_bytes(t);
     const uint8_t *base = t->data;
@@ -686,8 +806,8 @@ static int gm_read(void *ctx, const char *name, float *dst, int ndim, const int6
                          g->name, gn, (long long)rows, (long long)t->ne[0], (long long)t->ne[0], (long long)rows,
                          (long long)want_rows, (long long)want_cols, name);
     if (!lg_ggml_type_supported(t->type))
-        return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: F32, F16, BF16, "
-                         "Q8_0, Q4_0, Q4_1)", g->name, gn, lg_ggml_type_name(t->type));
+        return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: " SUPPORTED_TYPES ")",
+                         g->name, gn, lg_ggml_type_name(t->type));
     if (c->norm_plus1 && ends_with(name, "norm.weight")) {
         if (lg_gguf_read_f32(g, t, dst) != 0) return -1;
         for (int64_t i = 0; i < t->numel; i++) dst[i] -= 1.0f;

@@ -10,8 +10,10 @@
  * the file and not overlapping, duplicate keys / names): a bad file is a message naming the file
  * and the problem and -1, never a crash; accessors may then trust what they read.
  *
- * Tensor data types dequantised to float32: F32, F16, BF16, Q8_0, Q4_0, Q4_1. Other ggml types
- * are parsed (their sizes are known) but reading them is an error naming the type.
+ * Tensor data types dequantised to float32: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the
+ * K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, exactly as ggml / gguf-py do (tests against gguf-py on
+ * real blocks). Other ggml types are parsed (their sizes are known) but reading them is an error
+ * naming the type.
  *
  * Architectures llama, qwen2, qwen3, gemma2, gemma3 and phi3 are exposed as an lg_weight_src under
  * Hugging Face tensor names, with what llama.cpp's converter changed undone (LLaMA's q/k row
@@ -36,7 +38,11 @@ enum {
 };
 
 /* ggml tensor types we dequantise (ggml numbering) */
-enum { LG_GGML_F32 = 0, LG_GGML_F16 = 1, LG_GGML_Q4_0 = 2, LG_GGML_Q4_1 = 3, LG_GGML_Q8_0 = 8, LG_GGML_BF16 = 30 };
+enum {
+    LG_GGML_F32 = 0, LG_GGML_F16 = 1, LG_GGML_Q4_0 = 2, LG_GGML_Q4_1 = 3, LG_GGML_Q5_0 = 6, LG_GGML_Q5_1 = 7,
+    LG_GGML_Q8_0 = 8, LG_GGML_Q2_K = 10, LG_GGML_Q3_K = 11, LG_GGML_Q4_K = 12, LG_GGML_Q5_K = 13, LG_GGML_Q6_K = 14,
+    LG_GGML_BF16 = 30
+};
 
 typedef struct lg_gguf lg_gguf;
 
@@ -69,6 +75,8 @@ int lg_gguf_n_kv(const lg_gguf *g);
 const char *lg_gguf_kv_key(const lg_gguf *g, int i);
 int lg_gguf_kv_type(const lg_gguf *g, int i);
 int lg_gguf_find_kv(const lg_gguf *g, const char *key); /* index or -1 */
+/* The value of key/value i as encoded in the file (u32 type, then the value), for copying it. */
+int lg_gguf_kv_raw(const lg_gguf *g, int i, const void **p, size_t *n);
 /* Typed getters: 0 on success; 1 if the key is absent (nothing set, no error); -1 with a message
  * naming file and key if present with a type that does not fit. get_int accepts every integer
  * type (and bool), get_float every numeric type. */

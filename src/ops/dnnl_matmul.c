@@ -7,6 +7,7 @@
 #include "ops/dnnl_matmul.h"
 
 #include <dnnl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,7 @@ typedef struct {
     lg_mm_dt dt;
     int tA, tB, M, N, K, lda, ldb, ldc;
     float beta;
+    float alpha;             /* NAN: a runtime output scale (any alpha); else baked into the primitive */
     int packed;              /* weights in a packed layout (wmd) */
     dnnl_memory_desc_t wmd;  /* only when packed */
     /* value; prim NULL = no implementation (remembered, so a fallback costs one lookup) */
@@ -31,7 +33,8 @@ struct lg_dnnl {
     dnnl_stream_t st;
     entry *e;
     int n, cap;
-    int last; /* the entry hit last: consecutive calls usually repeat a problem */
+    int last;  /* the entry hit last: consecutive calls usually repeat a problem */
+    int baked; /* never runtime output scales (LORAGA_ONEDNN_SCALES=baked: tests the fallback) */
 };
 
 typedef struct {
@@ -54,6 +57,8 @@ lg_dnnl *lg_dnnl_create(void) {
         free(d);
         return NULL;
     }
+    const char *sc = getenv("LORAGA_ONEDNN_SCALES");
+    d->baked = sc && !strcmp(sc, "baked");
     return d;
 }
 
@@ -81,10 +86,13 @@ static int md_strided(dnnl_memory_desc_t *md, int rows, int cols, dnnl_data_type
     return dnnl_memory_desc_init_by_strides(md, 2, dims, dt, strides) == dnnl_success ? 0 : -1;
 }
 
+static int same_alpha(float a, float b) { return (isnan(a) && isnan(b)) || a == b; }
+
 static int key_eq(const entry *e, lg_mm_dt dt, int tA, int tB, int M, int N, int K, int lda, int ldb, int ldc,
-                  float beta, const dnnl_memory_desc_t *wmd) {
+                  float beta, float alpha, const dnnl_memory_desc_t *wmd) {
     if (e->dt != dt || e->tA != tA || e->tB != tB || e->M != M || e->N != N || e->K != K || e->lda != lda ||
-        e->ldb != ldb || e->ldc != ldc || e->beta != beta || e->packed != (wmd != NULL))
+        e->ldb != ldb || e->ldc != ldc || e->beta != beta || !same_alpha(e->alpha, alpha) ||
+        e->packed != (wmd != NULL))
         return 0;
     return !wmd || dnnl_memory_desc_equal(&e->wmd, wmd);
 }
@@ -102,7 +110,7 @@ static void entry_build(lg_dnnl *d, entry *e, const dnnl_memory_desc_t *wmd) {
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
-    const float rt = DNNL_RUNTIME_F32_VAL;
+    const float rt = isnan(e->alpha) ? DNNL_RUNTIME_F32_VAL : e->alpha;
     if (dnnl_primitive_attr_create(&attr) != dnnl_success) return;
     int ok = dnnl_primitive_attr_set_output_scales(attr, 1, 0, &rt) == dnnl_success;
     if (ok && e->beta != 0.0f)
@@ -141,12 +149,12 @@ static void entry_build(lg_dnnl *d, entry *e, const dnnl_memory_desc_t *wmd) {
     dnnl_primitive_attr_destroy(attr);
 }
 
-static entry *lookup(lg_dnnl *d, lg_mm_dt dt, int tA, int tB, int M, int N, int K, int lda, int ldb, int ldc, float beta,
-                     const dnnl_memory_desc_t *wmd) {
-    if (d->last < d->n && key_eq(&d->e[d->last], dt, tA, tB, M, N, K, lda, ldb, ldc, beta, wmd))
+static entry *lookup1(lg_dnnl *d, lg_mm_dt dt, int tA, int tB, int M, int N, int K, int lda, int ldb, int ldc,
+                      float beta, float alpha, const dnnl_memory_desc_t *wmd) {
+    if (d->last < d->n && key_eq(&d->e[d->last], dt, tA, tB, M, N, K, lda, ldb, ldc, beta, alpha, wmd))
         return &d->e[d->last];
     for (int i = 0; i < d->n; i++)
-        if (key_eq(&d->e[i], dt, tA, tB, M, N, K, lda, ldb, ldc, beta, wmd)) return &d->e[d->last = i];
+        if (key_eq(&d->e[i], dt, tA, tB, M, N, K, lda, ldb, ldc, beta, alpha, wmd)) return &d->e[d->last = i];
     if (d->n == d->cap) {
         /* a bounded cache: past 512 problems (shapes that never repeat), start over */
         if (d->cap >= 512) {
@@ -160,11 +168,20 @@ static entry *lookup(lg_dnnl *d, lg_mm_dt dt, int tA, int tB, int M, int N, int 
     entry *e = &d->e[d->n];
     memset(e, 0, sizeof *e);
     e->dt = dt, e->tA = tA, e->tB = tB, e->M = M, e->N = N, e->K = K;
-    e->lda = lda, e->ldb = ldb, e->ldc = ldc, e->beta = beta, e->packed = wmd != NULL;
+    e->lda = lda, e->ldb = ldb, e->ldc = ldc, e->beta = beta, e->alpha = alpha, e->packed = wmd != NULL;
     if (wmd) e->wmd = *wmd;
     entry_build(d, e, wmd);
     d->last = d->n++;
     return e;
+}
+
+/* The primitive for a problem: one with a runtime output scale (any alpha) where oneDNN has it,
+ * else one with alpha baked in (a scale that changes every step then makes a primitive per step:
+ * slower, still right). */
+static entry *lookup(lg_dnnl *d, lg_mm_dt dt, int tA, int tB, int M, int N, int K, int lda, int ldb, int ldc, float beta,
+                     float alpha, const dnnl_memory_desc_t *wmd) {
+    entry *e = d->baked ? NULL : lookup1(d, dt, tA, tB, M, N, K, lda, ldb, ldc, beta, NAN, wmd);
+    return e && e->prim ? e : lookup1(d, dt, tA, tB, M, N, K, lda, ldb, ldc, beta, alpha, wmd);
 }
 
 static int run(lg_dnnl *d, entry *e, float alpha, const void *A, const void *B, float *C) {
@@ -177,13 +194,14 @@ static int run(lg_dnnl *d, entry *e, float alpha, const void *A, const void *B, 
                                {DNNL_ARG_WEIGHTS, e->mB},
                                {DNNL_ARG_DST, e->mC},
                                {DNNL_ARG_ATTR_OUTPUT_SCALES, e->mS}};
-    if (dnnl_primitive_execute(e->prim, d->st, 4, args) != dnnl_success) return -1;
+    /* a baked scale takes no argument */
+    if (dnnl_primitive_execute(e->prim, d->st, isnan(e->alpha) ? 4 : 3, args) != dnnl_success) return -1;
     return dnnl_stream_wait(d->st) == dnnl_success ? 0 : -1;
 }
 
 int lg_dnnl_matmul(lg_dnnl *d, lg_mm_dt dt, int tA, int tB, int M, int N, int K, float alpha, const void *A, int lda,
                    const void *B, int ldb, float beta, float *C, int ldc) {
-    entry *e = lookup(d, dt, tA, tB, M, N, K, lda, ldb, ldc, beta, NULL);
+    entry *e = lookup(d, dt, tA, tB, M, N, K, lda, ldb, ldc, beta, alpha, NULL);
     if (!e->prim) return -1;
     return run(d, e, alpha, A, B, C);
 }
@@ -244,13 +262,13 @@ void lg_dnnl_packed_free(void *packed) {
 int lg_dnnl_matmul_packed(lg_dnnl *d, int M, float alpha, const void *A, int lda, const void *packed, float beta,
                           float *C, int ldc) {
     const packed_w *p = packed;
-    entry *e = lookup(d, p->dt, 0, 0, M, p->N, p->K, lda, 0, ldc, beta, &p->md);
+    entry *e = lookup(d, p->dt, 0, 0, M, p->N, p->K, lda, 0, ldc, beta, alpha, &p->md);
     if (!e->prim) return -1;
     return run(d, e, alpha, A, p->buf, C);
 }
 
 const char *lg_dnnl_impl_name(lg_dnnl *d, lg_mm_dt dt, int M, int N, int K) {
-    entry *e = lookup(d, dt, 0, 1, M, N, K, K, K, N, 0.0f, NULL);
+    entry *e = lookup(d, dt, 0, 1, M, N, K, K, K, N, 0.0f, 1.0f, NULL);
     return e->prim ? e->impl : NULL;
 }
 

@@ -622,9 +622,21 @@ int lg_ckpt_resolve(const char *path, char **ckpt_dir, char **run_dir) {
                      path);
 }
 
-/* Entries of a run directory that belong to its checkpoint. */
+/* The snapshots of a run (run_record.h): checkpoint-N/ and best/, and (with a '.') their unfinished
+ * ".tmp."/".old." copies. */
+static int snapshot_entry(const char *name) {
+    const char *p = NULL;
+    if (!strncmp(name, "checkpoint-", 11) && name[11] >= '0' && name[11] <= '9')
+        for (p = name + 11; *p >= '0' && *p <= '9'; p++) {}
+    else if (!strncmp(name, "best", 4))
+        p = name + 4;
+    return p && (!*p || !strncmp(p, ".tmp.", 5) || !strncmp(p, ".old.", 5));
+}
+
+/* Entries of a run directory that belong to its checkpoint (and snapshots). */
 static int ckpt_entry(const char *name) {
-    return !strcmp(name, "checkpoint") || !strcmp(name, "checkpoint.prev") || !strncmp(name, "checkpoint.tmp.", 15);
+    return !strcmp(name, "checkpoint") || !strcmp(name, "checkpoint.prev") || !strncmp(name, "checkpoint.tmp.", 15) ||
+           snapshot_entry(name);
 }
 
 static int same_dir(const char *a, const char *b) {
@@ -665,7 +677,7 @@ char *lg_ckpt_outdir_begin(const char *out, const char *resume_ckpt) {
         /* leftovers of an interrupted checkpoint write are garbage */
         d = opendir(out);
         while (d && (e = readdir(d)))
-            if (!strncmp(e->d_name, "checkpoint.tmp.", 15)) {
+            if (!strncmp(e->d_name, "checkpoint.tmp.", 15) || (snapshot_entry(e->d_name) && strchr(e->d_name, '.'))) {
                 char *p = lg_path_join(out, e->d_name);
                 remove_tree(p);
                 free(p);
@@ -690,7 +702,13 @@ int lg_ckpt_outdir_commit(char *tmp, const char *out) {
     while (d && (e = readdir(d)))
         if (ckpt_entry(e->d_name)) {
             char *p = lg_path_join(out, e->d_name);
-            remove_tree(p);
+            if (snapshot_entry(e->d_name) && !strchr(e->d_name, '.')) { /* finished snapshots join the outputs */
+                char *q = lg_path_join(tmp, e->d_name);
+                if (!lg_file_exists(q)) rename(p, q); /* if this fails, out stays non-empty: the commit fails */
+                free(q);
+            } else {
+                remove_tree(p);
+            }
             free(p);
         }
     if (d) closedir(d);

@@ -244,15 +244,19 @@ int lg_train(lg_model *m, lg_opt_tensor *t, int n, const lg_train_opts *o, lg_ba
         }
         if (o->on_progress && root) o->on_progress(&p, o->progress_ud);
         res->steps_done = step + 1;
+        int end = o->after_step ? o->after_step(&p, o->after_step_ud) : 0;
+        if (end < 0) goto fail;
+        if (end > 0 && !last) res->ended_early = 1, last = 1;
         if (o->ckpt_dir && ((o->save_every > 0 && (step + 1) % o->save_every == 0) || last || stop)) {
             lg_ckpt_progress cp = {step + 1, o->steps, bi, opt.step, lg_now() - t0, res->first_loss};
             if (root && lg_ckpt_write(o->ckpt_dir, &cp, t, n, o->ckpt, cfg, o->metrics_path, &cache) != 0) goto fail;
             res->last_ckpt_step = step + 1;
         }
-        if (stop) {
+        if (stop && !last) {
             res->stopped = 1;
             break;
         }
+        if (res->ended_early) break;
     }
     res->elapsed = lg_now() - t0;
     if (lg_dist_check_same(t, n) != 0) goto fail; /* dist: every rank must have taken the same steps */

@@ -106,6 +106,12 @@ typedef struct {
     long stop_after;       /* > 0: stop after this update (of `steps`), as a job time limit would */
     const char *resume_dir; /* continue from this checkpoint (NULL: from scratch) */
     const lg_ckpt_spec *ckpt; /* NULL: trainable tensors only */
+    /* Called after each update and its evaluation, before its checkpoint, on every rank
+     * (p->val_loss is NaN unless it evaluated): 0 goes on, 1 ends the run here as finished (early
+     * stopping; that step is checkpointed as the last), -1 fails it. The caller's snapshots,
+     * best-result tracking and patience live there (run_record.h). */
+    int (*after_step)(const lg_progress *p, void *ud);
+    void *after_step_ud;
 } lg_train_opts;
 
 void lg_train_opts_default(lg_train_opts *o);
@@ -115,6 +121,7 @@ typedef struct {
     long steps_done;      /* the last completed update (counting from 0 of the whole run) */
     long resumed_from;    /* the checkpoint's step (0: fresh start) */
     int stopped;          /* stopped at stop_after, before `steps` */
+    int ended_early;      /* after_step ended the run before `steps` (early stopping) */
     long last_ckpt_step;  /* the step of the last checkpoint written or resumed from (0: none) */
     double elapsed;
 } lg_train_result;
