@@ -211,6 +211,28 @@ static void test_loraga_run_outputs(void **state) {
     free(text), free(ac), free(run), free(train);
 }
 
+/* --targets peft: PEFT's default target modules for the model type (llama: q_proj, v_proj). */
+static void test_targets_peft(void **state) {
+    (void)state;
+    if (!have_model()) {
+        print_message("skipped: no converted model (../shared/data absent)\n");
+        skip();
+    }
+    char *train = write_rows("train_peft.jsonl", "glue_SST-2/train.tsv", 0, 40);
+    char *run = lg_path_join(g_tmp, "run_peft_targets");
+    static char out[16384];
+    int rc = sh(out, sizeof out, "%s train --model %s --data %s --targets peft --steps 2 --batch-size 2 --seq-len 32 "
+                "--out %s 2>&1", lg_test_bin(), g_hf, train, run);
+    if (rc) print_message("%s\n", out);
+    assert_int_equal(rc, 0);
+    char *ac = lg_path_join(run, "adapter_config.json"), *text;
+    assert_int_equal(lg_read_file(ac, &text, NULL), 0);
+    assert_non_null(strstr(text, "\"q_proj\""));
+    assert_non_null(strstr(text, "\"v_proj\""));
+    assert_null(strstr(text, "\"k_proj\""));
+    assert_null(strstr(text, "gate_proj"));
+    free(text), free(ac), free(run), free(train);
+}
 
 /* Every method trains on the real model and a real task: SST-2 as prompt/completion rows on
  * stories260K. Each must lower the held-out loss (measured with eval, through the saved output:
@@ -357,6 +379,7 @@ int main(void) {
         cmocka_unit_test(test_convert_and_eval_both_paths),
         cmocka_unit_test(test_full_finetune_lowers_heldout_loss),
         cmocka_unit_test(test_loraga_run_outputs),
+        cmocka_unit_test(test_targets_peft),
         cmocka_unit_test(test_every_method_lowers_heldout_loss),
         cmocka_unit_test(test_bench_model),
         cmocka_unit_test(test_bad_input_is_reported),

@@ -101,6 +101,20 @@ static void test_gradcheck_gpt2(void **state) {
     assert_true(worst < 3e-2);
 }
 
+/* Every switch of the LLaMA family (issue 15) against finite differences: all parameters, the
+ * norm weights of Gemma's 1 + w norms, post norms and q/k norms, the scaled embeddings, the fused
+ * projections, through soft caps and sliding windows shorter than the sequence. */
+static void test_gradcheck_architectures(void **state) {
+    (void)state;
+    static const char *const kinds[] = {"gemma2", "gemma3", "qwen3", "phi3", "llama3"};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        int n;
+        double worst = grad_check(lg_test_arch_config(kinds[i], 23, 2), &n);
+        print_message("%-7s: %d entries, worst relative error %.2e\n", kinds[i], n, worst);
+        assert_true(worst < 3e-2);
+    }
+}
+
 /* Frozen weights: only the selected parameter gets a gradient, equal to its full-FT gradient. */
 static int want_q0(const lg_param *p, void *ud) {
     (void)ud;
@@ -370,6 +384,7 @@ int main(void) {
         cmocka_unit_test(test_gradcheck_llama),
         cmocka_unit_test(test_gradcheck_qwen2_bias_interleaved),
         cmocka_unit_test(test_gradcheck_gpt2),
+        cmocka_unit_test(test_gradcheck_architectures),
         cmocka_unit_test(test_frozen_weights_have_no_grad),
         cmocka_unit_test(test_save_load_roundtrip),
         cmocka_unit_test(test_shape_mismatch_refused),

@@ -467,6 +467,7 @@ typedef struct {
     long nq, nk, nv; /* float counts of each (possibly shared) buffer */
     float *qbuf, *kbuf, *vbuf, *q, *k, *v;
     float *g, *out, *probs;
+    const lg_attn_params *ex; /* non-NULL: the attention_ex kernels with these options */
 } att_ctx;
 
 static void att_setup(att_ctx *c, lg_rng *r, int B, int T, int H, int KV, int hd, int fused,
@@ -495,6 +496,11 @@ static void att_free(att_ctx *c) {
     free(c->qbuf), free(c->kbuf), free(c->vbuf), free(c->g), free(c->out), free(c->probs);
 }
 static void att_forward(att_ctx *c) {
+    if (c->ex) {
+        OPS->attention_ex_forward(OPS, c->out, c->probs, c->q, c->ldq, c->k, c->ldk, c->v, c->ldv, c->B, c->T, c->H,
+                                  c->KV, c->hd, c->ex);
+        return;
+    }
     OPS->attention_forward(OPS, c->out, c->probs, c->q, c->ldq, c->k, c->ldk, c->v, c->ldv, c->B,
                            c->T, c->H, c->KV, c->hd);
 }
@@ -854,7 +860,9 @@ static void test_table(void **state) {
                 o->attention_forward && o->attention_backward && o->swiglu_forward &&
                 o->swiglu_backward && o->gelu_forward && o->gelu_backward && o->cross_entropy &&
                 o->axpy && o->dgemm && o->orthonormalize && o->svd && o->lstsq && o->attention_decode &&
-                o->alloc && o->free && o->release_packed);
+                o->alloc && o->free && o->release_packed && o->geglu_forward && o->geglu_backward &&
+                o->attention_ex_forward && o->attention_ex_backward && o->attention_ex_decode &&
+                o->softcap_forward && o->cross_entropy_softcap);
 }
 
 /* The vectorised exp clamps its argument, but a NaN must not be clamped into a number: a NaN
@@ -888,6 +896,221 @@ static void test_nan_propagates(void **state) {
     assert_false(isnan(o3[0]));
     assert_true(isnan(o3[1]));
     assert_true(fabs(o3[2]) < 1e-30);
+}
+
+
+/* ---- architecture features: GeGLU, attention options, soft caps -------------------------------- */
+
+static double geglu_loss(void *p) {
+    act_ctx *c = p;
+    OPS->geglu_forward(OPS, c->out, c->a, c->b, c->n);
+    return dot_d(c->g, c->out, c->n);
+}
+static void run_geglu(long n, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 19);
+    act_ctx c = {randn(&r, n, 2.5f), randn(&r, n, 1.0f), randn(&r, n, 1.0f), zeros(n), n, 1};
+    geglu_loss(&c);
+    for (long i = 0; i < n; i++) {
+        double x = c.a[i], want = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))) * c.b[i];
+        assert_true(fabs(c.out[i] - want) < 1e-5 * (1 + fabs(want)));
+    }
+    float *da = zeros(n), *db = zeros(n);
+    OPS->geglu_backward(OPS, da, db, c.g, c.a, c.b, n);
+    fd_check("geglu dgate", c.a, n, da, geglu_loss, &c, maxn);
+    fd_check("geglu dup", c.b, n, db, geglu_loss, &c, maxn);
+    float *ba = randn(&r, n, 1.0f), *bb = randn(&r, n, 1.0f), *aa = dup_f(ba, n), *ab = dup_f(bb, n);
+    OPS->geglu_backward(OPS, aa, NULL, c.g, c.a, c.b, n); /* accumulates; NULL skips */
+    OPS->geglu_backward(OPS, NULL, ab, c.g, c.a, c.b, n);
+    for (long i = 0; i < n; i++) assert_true(fabsf(aa[i] - (ba[i] + da[i])) < 1e-5f && fabsf(ab[i] - (bb[i] + db[i])) < 1e-5f);
+    free(c.a), free(c.b), free(c.g), free(c.out), free(da), free(db), free(ba), free(bb), free(aa), free(ab);
+}
+static void test_geglu(void **state) {
+    (void)state;
+    run_geglu(50, 1000);
+    run_geglu(40000, 200); /* threaded */
+}
+
+/* Double-precision attention with a scale, a soft cap and a window (the reference of the _ex kernels). */
+static void ref_attention_ex(const att_ctx *c, const lg_attn_params *p, double *out, double *probs) {
+    int B = c->B, T = c->T, H = c->H, hd = c->hd, group = c->H / c->KV;
+    double *sc = lg_malloc((size_t)T * sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                const float *qr = c->q + ((long)b * T + t) * c->ldq + h * hd;
+                const int lo = p->window > 0 ? (t - p->window + 1 > 0 ? t - p->window + 1 : 0) : 0;
+                double mx = -INFINITY, sum = 0.0;
+                for (int s = lo; s <= t; s++) {
+                    const float *kr = c->k + ((long)b * T + s) * c->ldk + (h / group) * hd;
+                    double d = 0.0;
+                    for (int i = 0; i < hd; i++) d += (double)qr[i] * kr[i];
+                    sc[s] = d * p->scale;
+                    if (p->softcap > 0) sc[s] = p->softcap * tanh(sc[s] / p->softcap);
+                    mx = fmax(mx, sc[s]);
+                }
+                for (int s = lo; s <= t; s++) sum += (sc[s] = exp(sc[s] - mx));
+                double *pr = probs + (((long)b * H + h) * T + t) * T;
+                for (int s = 0; s < T; s++) pr[s] = s >= lo && s <= t ? sc[s] / sum : 0.0;
+                double *o = out + ((long)b * T + t) * H * hd + h * hd;
+                for (int i = 0; i < hd; i++) {
+                    o[i] = 0.0;
+                    for (int s = lo; s <= t; s++)
+                        o[i] += pr[s] * c->v[((long)b * T + s) * c->ldv + (h / group) * hd + i];
+                }
+            }
+    free(sc);
+}
+
+static void check_att_ex(int B, int T, int H, int KV, int hd, int fused, int pad, lg_attn_params p, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 21);
+    att_ctx c;
+    att_setup(&c, &r, B, T, H, KV, hd, fused, pad);
+    c.ex = &p;
+    long no = (long)B * T * H * hd, np = (long)B * H * T * T;
+    double *ro = lg_malloc((size_t)no * sizeof(double)), *rp = lg_malloc((size_t)np * sizeof(double));
+    for (long i = 0; i < np; i++) c.probs[i] = 7.0f; /* every entry must be written */
+    att_forward(&c);
+    ref_attention_ex(&c, &p, ro, rp);
+    for (long i = 0; i < no; i++) assert_true(fabs(c.out[i] - ro[i]) < 1e-5 * (1 + fabs(ro[i])));
+    for (long i = 0; i < np; i++) assert_true(fabs(c.probs[i] - rp[i]) < 1e-5);
+    float *gq, *gk, *gv, *dq, *dk, *dv;
+    att_grads(&c, &gq, &gk, &gv, &dq, &dk, &dv);
+    OPS->attention_ex_backward(OPS, dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, B, T, H, KV, hd, &p);
+    if (fused) {
+        fd_check("attention_ex dqkv (fused)", c.qbuf, c.nq, gq, att_loss, &c, maxn);
+    } else {
+        fd_check("attention_ex dq", c.qbuf, c.nq, gq, att_loss, &c, maxn);
+        fd_check("attention_ex dk", c.kbuf, c.nk, gk, att_loss, &c, maxn);
+        fd_check("attention_ex dv", c.vbuf, c.nv, gv, att_loss, &c, maxn);
+    }
+    /* decoding over a cache in pieces sees what the training kernel shows each query */
+    if (B == 1 && !fused && !pad) {
+        att_forward(&c); /* fd_check left the last perturbed forward in out */
+        float *got = zeros(no);
+        const int cuts[4] = {0, 1, T / 2, T};
+        for (int k = 0; k < 3; k++)
+            OPS->attention_ex_decode(OPS, got + (long)cuts[k] * H * hd, c.q + (long)cuts[k] * c.ldq, c.ldq, c.k, c.v,
+                                     c.ldk, cuts[k + 1] - cuts[k], cuts[k], H, KV, hd, &p);
+        assert_true(max_abs_diff(got, c.out, no) < 1e-5);
+        free(got);
+    }
+    free(gq), free(gk), free(gv), free(ro), free(rp);
+    att_free(&c);
+}
+
+static void test_attention_ex(void **state) {
+    (void)state;
+    const lg_attn_params win = {1.0f / sqrtf(8.0f), 0.0f, 3}, cap = {0.3f, 3.0f, 0}, both = {0.25f, 1.5f, 4};
+    check_att_ex(2, 7, 4, 2, 8, 0, 3, win, 1000);  /* a window of 3 keys, GQA, padded rows */
+    check_att_ex(2, 7, 4, 4, 8, 1, 0, cap, 2000);  /* a scale and a soft cap, fused qkv */
+    check_att_ex(1, 9, 4, 2, 8, 0, 0, both, 1000); /* both, and decoding in pieces */
+    check_att_ex(1, 9, 2, 1, 8, 0, 0, cap, 1000);
+    const lg_attn_params w70 = {0.3f, 0.0f, 17}, c70 = {0.3f, 3.0f, 29};
+    check_att_ex(1, 70, 4, 2, 8, 0, 0, w70, 150); /* windows across row blocks, threaded */
+    check_att_ex(2, 70, 4, 2, 8, 0, 0, c70, 150);
+    /* the defaults (and a window as long as the sequence) are the plain kernels exactly */
+    lg_rng r;
+    lg_rng_seed(&r, 22);
+    att_ctx c;
+    att_setup(&c, &r, 2, 70, 4, 2, 8, 0, 0);
+    long no = 2L * 70 * 4 * 8, np = 2L * 4 * 70 * 70;
+    att_forward(&c);
+    float *out0 = dup_f(c.out, no), *p0 = dup_f(c.probs, np);
+    float *gq, *gk, *gv, *dq, *dk, *dv, *hq, *hk, *hv, *eq, *ek, *ev;
+    att_grads(&c, &gq, &gk, &gv, &dq, &dk, &dv);
+    OPS->attention_backward(OPS, dq, dk, dv, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, 2, 70, 4, 2, 8);
+    for (int wdw = 0; wdw <= 70; wdw += 70) {
+        lg_attn_params d = lg_attn_default(8);
+        d.window = wdw;
+        c.ex = &d;
+        att_forward(&c);
+        assert_true(max_abs_diff(out0, c.out, no) < 1e-6 && max_abs_diff(p0, c.probs, np) < 1e-7);
+        att_grads(&c, &hq, &hk, &hv, &eq, &ek, &ev);
+        OPS->attention_ex_backward(OPS, eq, ek, ev, c.g, c.q, c.ldq, c.k, c.ldk, c.v, c.ldv, c.probs, 2, 70, 4, 2, 8,
+                                   &d);
+        assert_true(max_abs_diff(gq, hq, c.nq) < 1e-5 && max_abs_diff(gk, hk, c.nk) < 1e-5 &&
+                    max_abs_diff(gv, hv, c.nv) < 1e-5);
+        free(hq), free(hk), free(hv);
+    }
+    /* a window shorter than the sequence really changes the later rows only */
+    lg_attn_params w5 = lg_attn_default(8);
+    w5.window = 5;
+    c.ex = &w5;
+    att_forward(&c);
+    assert_true(max_abs_diff(out0, c.out, 5L * 32) < 1e-6);                       /* rows 0..4 of batch 0 */
+    assert_true(max_abs_diff(out0 + 5L * 32, c.out + 5L * 32, 65L * 32) > 1e-2); /* the rest differ */
+    free(out0), free(p0), free(gq), free(gk), free(gv);
+    att_free(&c);
+}
+
+typedef struct {
+    float *x, *scratch, *w;
+    int *tg;
+    int N, V;
+    float cap, dscale;
+} cesc_ctx;
+static double cesc_loss(void *p) {
+    cesc_ctx *c = p;
+    memcpy(c->scratch, c->x, (size_t)c->N * c->V * sizeof(float));
+    return c->dscale * OPS->cross_entropy_softcap(OPS, c->scratch, c->tg, c->w, c->N, c->V, c->cap, 0, c->dscale, 0);
+}
+
+/* Soft-capped logits: the cap itself, the loss against a double reference, the gradient with respect
+ * to the raw logits by finite differences, the same from already-capped logits. */
+static void run_cesc(int N, int V, long maxn) {
+    lg_rng r;
+    lg_rng_seed(&r, 23);
+    long n = (long)N * V;
+    cesc_ctx c = {randn(&r, n, 6.0f), zeros(n), zeros(N), lg_malloc((size_t)N * sizeof(int)), N, V, 5.0f, 0.41f};
+    for (int i = 0; i < N; i++) {
+        c.w[i] = i % 3 == 1 ? 0.0f : 0.5f + (float)(i % 4);
+        c.tg[i] = c.w[i] == 0.0f ? -777 : (int)(lg_rng_u64(&r) % (uint64_t)V);
+    }
+    float *y = zeros(n);
+    OPS->softcap_forward(OPS, y, c.x, n, c.cap);
+    for (long i = 0; i < n; i++) assert_true(fabs(y[i] - 5.0 * tanh(c.x[i] / 5.0)) < 1e-6);
+    double want = 0.0;
+    for (int i = 0; i < N; i++) {
+        if (c.w[i] == 0.0f) continue;
+        double s = 0.0;
+        for (int j = 0; j < V; j++) s += exp(5.0 * tanh((double)c.x[(long)i * V + j] / 5.0));
+        want += c.w[i] * (log(s) - 5.0 * tanh((double)c.x[(long)i * V + c.tg[i]] / 5.0));
+    }
+    memcpy(c.scratch, c.x, (size_t)n * sizeof(float));
+    double got = OPS->cross_entropy_softcap(OPS, c.scratch, c.tg, c.w, N, V, c.cap, 0, 1.0f, 0);
+    assert_true(fabs(got - want) < 1e-5 * fabs(want));
+    assert_true(max_abs_diff(c.scratch, y, n) == 0.0); /* left holding the capped logits, every row */
+    float *grad = dup_f(c.x, n), *grad2 = dup_f(y, n);
+    assert_true(OPS->cross_entropy_softcap(OPS, grad, c.tg, c.w, N, V, c.cap, 0, c.dscale, 1) == got);
+    assert_true(OPS->cross_entropy_softcap(OPS, grad2, c.tg, c.w, N, V, c.cap, 1, c.dscale, 1) == got);
+    assert_true(max_abs_diff(grad, grad2, n) < 1e-7);
+    for (int i = 0; i < N; i++)
+        if (c.w[i] == 0.0f)
+            for (int j = 0; j < V; j++) assert_true(grad[(long)i * V + j] == 0.0f);
+    fd_check("cross_entropy_softcap", c.x, n, grad, cesc_loss, &c, maxn);
+    free(c.x), free(c.scratch), free(c.w), free(c.tg), free(y), free(grad), free(grad2);
+}
+static void test_cross_entropy_softcap(void **state) {
+    (void)state;
+    run_cesc(7, 11, 1000);
+    run_cesc(64, 1000, 200);
+}
+
+static void test_rope_tables_freq(void **state) {
+    (void)state;
+    const int P = 20, hd = 8, half = hd / 2;
+    float *c0, *s0, *c1, *s1;
+    lg_rope_tables(P, hd, 500.0f, &c0, &s0);
+    double inv[4];
+    for (int i = 0; i < half; i++) inv[i] = pow(500.0, -2.0 * i / hd);
+    lg_rope_tables_freq(P, half, inv, 1.0, &c1, &s1);
+    assert_true(max_abs_diff(c0, c1, P * half) == 0.0 && max_abs_diff(s0, s1, P * half) == 0.0);
+    free(c1), free(s1);
+    lg_rope_tables_freq(P, half, inv, 1.25, &c1, &s1);
+    for (int i = 0; i < P * half; i++) assert_true(fabsf(c1[i] - 1.25f * c0[i]) < 1e-6f && fabsf(s1[i] - 1.25f * s0[i]) < 1e-6f);
+    free(c0), free(s0), free(c1), free(s1);
 }
 
 /* ---- the backend: libraries, precisions, packing, decoding, dense algebra ------------------- */
@@ -1178,6 +1401,10 @@ int main(void) {
         cmocka_unit_test(test_attention_decode),
         cmocka_unit_test(test_dense_algebra),
         cmocka_unit_test(test_precision_resolve),
+        cmocka_unit_test(test_geglu),
+        cmocka_unit_test(test_attention_ex),
+        cmocka_unit_test(test_cross_entropy_softcap),
+        cmocka_unit_test(test_rope_tables_freq),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

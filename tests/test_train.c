@@ -333,8 +333,7 @@ static float *grads_with(lg_config c, rc_kind k, int recompute, int64_t *n_out, 
     return g;
 }
 
-static void recompute_case(lg_arch arch, rc_kind k, const char *label) {
-    lg_config c = lg_test_tiny_config(arch, 29, 3);
+static void recompute_case_cfg(lg_config c, rc_kind k, const char *label) {
     int64_t n0, n1, a0, a1;
     float l0, l1;
     float *g0 = grads_with(c, k, 0, &n0, &a0, &l0), *g1 = grads_with(c, k, 1, &n1, &a1, &l1);
@@ -353,6 +352,20 @@ static void recompute_case(lg_arch arch, rc_kind k, const char *label) {
     assert_float_equal(l0, l1, 0);
     assert_true(a1 < a0);
     free(g0), free(g1);
+}
+
+static void recompute_case(lg_arch arch, rc_kind k, const char *label) {
+    recompute_case_cfg(lg_test_tiny_config(arch, 29, 3), k, label);
+}
+
+/* Gemma's post norms need each layer's MLP output kept (the replay stops before the down
+ * projection); Phi-3's fused projections replay their dropout masks like any other. */
+static void test_recompute_architectures(void **state) {
+    (void)state;
+    recompute_case_cfg(lg_test_arch_config("gemma2", 29, 3), RC_FULL, "gemma2-like full FT");
+    recompute_case_cfg(lg_test_arch_config("gemma3", 29, 3), RC_LORA_DROPOUT, "gemma3-like LoRA dropout 0.25");
+    recompute_case_cfg(lg_test_arch_config("phi3", 29, 3), RC_LORA_DROPOUT, "phi3-like LoRA dropout 0.25");
+    recompute_case_cfg(lg_test_arch_config("phi3", 29, 3), RC_DORA, "phi3-like DoRA dropout 0.25");
 }
 
 static void test_recompute_full_llama(void **state) {
@@ -899,6 +912,7 @@ int main(void) {
         cmocka_unit_test(test_recompute_full_gpt2),
         cmocka_unit_test(test_recompute_lora_dropout),
         cmocka_unit_test(test_recompute_dora_gpt2),
+        cmocka_unit_test(test_recompute_architectures),
         cmocka_unit_test(test_recompute_memory),
         cmocka_unit_test(test_resume_lora),
         cmocka_unit_test(test_resume_full),

@@ -69,6 +69,47 @@ lg_config lg_test_tiny_config(lg_arch arch, int vocab, int layers) {
     return c;
 }
 
+lg_config lg_test_arch_config(const char *kind, int vocab, int layers) {
+    lg_config c = lg_test_tiny_config(LG_ARCH_LLAMA, vocab, layers);
+    snprintf(c.model_type, sizeof c.model_type, "%s", !strcmp(kind, "gemma3") ? "gemma3_text" : kind);
+    const int gemma = !strcmp(kind, "gemma2") || !strcmp(kind, "gemma3");
+    if (gemma) {
+        c.mlp_act = LG_MLP_GEGLU;
+        c.gemma_norms = c.post_norms = 1;
+        c.embed_scale = 4.0f; /* sqrt(dim 16) */
+        c.attn_scale = 0.45f;
+        c.final_softcap = 3.0f;
+        c.tied_embeddings = 1;
+        c.sliding_window = 3;
+        for (int l = 0; l < layers; l++) c.swa_layers[l] = l % 2 == 0;
+    }
+    if (!strcmp(kind, "gemma2")) c.attn_softcap = 2.0f;
+    if (!strcmp(kind, "gemma3") || !strcmp(kind, "qwen3")) c.qk_norm = 1;
+    if (!strcmp(kind, "gemma3")) {
+        c.rope_theta_local = 100.0f;
+        c.rope_scaling.type = LG_ROPE_LINEAR;
+        c.rope_scaling.factor = 2.0f;
+    }
+    if (!strcmp(kind, "phi3")) {
+        c.fused_qkv = c.fused_gate_up = 1;
+        c.sliding_window = 4;
+        for (int l = 0; l < layers; l++) c.swa_layers[l] = 1;
+        lg_rope_scaling *rs = &c.rope_scaling;
+        rs->type = LG_ROPE_LONGROPE;
+        rs->n_factors = c.head_dim / 2;
+        rs->original_max = 16;
+        for (int i = 0; i < rs->n_factors; i++) rs->short_factor[i] = 1.0f + 0.7f * (float)i, rs->long_factor[i] = 2.0f;
+        rs->factor = 4.0f;
+    }
+    if (!strcmp(kind, "llama3")) {
+        lg_rope_scaling *rs = &c.rope_scaling;
+        rs->type = LG_ROPE_LLAMA3;
+        rs->factor = 8.0f, rs->low_freq_factor = 1.0f, rs->high_freq_factor = 4.0f, rs->original_max = 8;
+        c.tied_embeddings = 1;
+    }
+    return c;
+}
+
 void lg_test_random_batch(lg_batch *b, int B, int T, int V, uint64_t seed) {
     lg_rng r;
     lg_rng_seed(&r, seed);

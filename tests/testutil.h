@@ -30,6 +30,13 @@ const char *lg_test_bin(void);
 #include "data/batch.h"
 #include "model/config.h"
 lg_config lg_test_tiny_config(lg_arch arch, int vocab, int layers);
+/* The same tiny LLaMA with the switches of another architecture, each chosen to matter at this
+ * size (windows of 3 positions, soft caps near the values' scale): "gemma2" (GeGLU, 1 + w norms,
+ * post norms, scaled embeddings, attention scale and cap, logit cap, window on even layers, tied),
+ * "gemma3" (the same with q/k norms, no attention cap, a local RoPE base, linear scaling on the
+ * global layers), "qwen3" (q/k norms), "phi3" (fused qkv / gate_up, LongRoPE, window everywhere),
+ * "llama3" (llama3 RoPE, tied). */
+lg_config lg_test_arch_config(const char *kind, int vocab, int layers);
 /* Random B x T batch (inputs, targets uniform in [0, V)); the last position of each row and
  * position 1 (a masked "prompt" token) have weight 0. Free with lg_test_free_batch. */
 void lg_test_random_batch(lg_batch *b, int B, int T, int V, uint64_t seed);

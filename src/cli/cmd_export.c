@@ -1,8 +1,10 @@
 /* cmd_export.c — `loraga export`: a model (+ adapter merged) as a llama.cpp GGUF, or a PEFT LoRA
  * adapter as a llama.cpp LoRA adapter GGUF (what `llama-cli --lora FILE` loads).
  *
- * Merged model (--to gguf): architecture llama (model types llama / mistral without a sliding
- * window), q/k rows permuted back to llama.cpp's order (convert_hf_to_gguf.py's permute), 1-D
+ * Merged model (--to gguf): llama.cpp's architecture of the model (llama, qwen2, qwen3, gemma2,
+ * gemma3, phi3: lg_gguf_tensor_name, the GGUF reader's conventions backwards: names, LLaMA's q/k rows
+ * permuted back to llama.cpp's order as convert_hf_to_gguf.py's permute, Gemma's norms stored as
+ * w + 1), the base GGUF's RoPE factor tensors (rope_freqs, rope_factors_*) carried over, 1-D
  * tensors F32, matrices in --dtype. The metadata and tokenizer come from the base model's own GGUF
  * (every key copied, general.file_type set to the new type); a base read from a Hugging Face
  * directory is refused for now (its tokenizer would have to be rebuilt as GGUF metadata).
@@ -37,28 +39,6 @@ static const char *USAGE =
     "examples: loraga export --to gguf --model smol.Q4_1.gguf --adapter run --out smol-ft.gguf --dtype q8_0\n"
     "          loraga export --to gguf-lora --model smol.Q4_1.gguf --adapter run --out run-lora.gguf";
 
-/* "model.layers.N.self_attn.q_proj" -> "blk.N.attn_q"; *qk = 1 for q, 2 for k (rows to permute) */
-static int gguf_module(const char *hf, char *out, size_t cap, int *qk) {
-    static const char *const M[][2] = {{"self_attn.q_proj", "attn_q"},   {"self_attn.k_proj", "attn_k"},
-                                       {"self_attn.v_proj", "attn_v"},   {"self_attn.o_proj", "attn_output"},
-                                       {"mlp.gate_proj", "ffn_gate"},    {"mlp.up_proj", "ffn_up"},
-                                       {"mlp.down_proj", "ffn_down"},    {"input_layernorm", "attn_norm"},
-                                       {"post_attention_layernorm", "ffn_norm"}};
-    *qk = 0;
-    if (!strcmp(hf, "model.embed_tokens")) return snprintf(out, cap, "token_embd"), 0;
-    if (!strcmp(hf, "model.norm")) return snprintf(out, cap, "output_norm"), 0;
-    if (!strcmp(hf, "lm_head")) return snprintf(out, cap, "output"), 0;
-    int layer, n = 0;
-    if (sscanf(hf, "model.layers.%d.%n", &layer, &n) != 1 || n == 0) return -1;
-    for (size_t i = 0; i < sizeof M / sizeof M[0]; i++)
-        if (!strcmp(hf + n, M[i][0])) {
-            snprintf(out, cap, "blk.%d.%s", layer, M[i][1]);
-            *qk = i == 0 ? 1 : i == 1 ? 2 : 0;
-            return 0;
-        }
-    return -1;
-}
-
 /* rows of an (heads*hd) x cols matrix from HF's rotate-half order to GGML's interleaved order:
  * GGUF row h*hd + 2i + s = HF row h*hd + s*hd/2 + i */
 static void permute_rows(const float *src, float *dst, int heads, int hd, int64_t cols) {
@@ -77,19 +57,49 @@ static int parse_dtype(const char *s, uint32_t *type, uint32_t *ftype) {
     return lg_errorf("--dtype: f32, f16, bf16 or q8_0, not '%s'", s);
 }
 
-static int check_arch(const lg_config *c) {
-    if (c->arch != LG_ARCH_LLAMA || c->qkv_bias || c->o_bias || c->mlp_bias || c->sliding_window)
-        return lg_errorf("export to GGUF supports llama-architecture models (llama, mistral without a sliding window, "
-                         "no biases); this model is '%s'", c->model_type);
+/* llama.cpp's architecture of the model, which the base GGUF (when there is one) must have. */
+static const char *check_arch(const lg_config *c, const lg_gguf *src) {
+    const char *arch = lg_gguf_arch_name(c);
+    if (!arch) {
+        lg_errorf("export to GGUF: %s", lg_last_error());
+        return NULL;
+    }
+    const char *sa;
+    size_t sl;
+    if (src && lg_gguf_get_str(src, "general.architecture", &sa, &sl) == 0 &&
+        (sl != strlen(arch) || memcmp(sa, arch, sl))) {
+        lg_errorf("export to GGUF: the base GGUF's architecture is '%.*s', the model's '%s'", (int)LG_MIN(sl, 64), sa,
+                  arch);
+        return NULL;
+    }
+    return arch;
+}
+
+/* A model parameter under its GGUF name, in llama.cpp's row order and offset: *d (numel floats) to free. */
+static int gguf_param(const lg_config *c, lg_param *p, char *gname, size_t cap, float **d) {
+    int perm, plus1;
+    if (lg_gguf_tensor_name(c, p->name, gname, cap, &perm, &plus1) != 0)
+        return lg_errorf("export: parameter '%s' has no GGUF name", p->name);
+    *d = lg_malloc((size_t)p->numel * sizeof(float));
+    lg_param_read_f32(p, *d);
+    if (perm) { /* q/k weights (rows) or biases (entries) */
+        float *q = lg_malloc((size_t)p->numel * sizeof(float));
+        permute_rows(*d, q, perm, c->head_dim, p->ndim == 2 ? p->shape[1] : 1);
+        free(*d);
+        *d = q;
+    }
+    if (plus1)
+        for (int64_t i = 0; i < p->numel; i++) (*d)[i] += 1.0f;
     return 0;
 }
 
 static int export_model(lg_model *m, lg_gguf *src, const char *dtype, const char *out) {
     const lg_config *c = lg_model_config(m);
     uint32_t type, ftype;
-    if (parse_dtype(dtype, &type, &ftype) || check_arch(c)) return -1;
+    const char *arch;
+    if (parse_dtype(dtype, &type, &ftype) || !(arch = check_arch(c, src))) return -1;
     lg_gguf_writer *w = lg_gguf_writer_new();
-    lg_gguf_w_str(w, "general.architecture", "llama");
+    lg_gguf_w_str(w, "general.architecture", arch);
     lg_gguf_w_u32(w, "general.file_type", ftype);
     lg_gguf_w_u32(w, "general.quantization_version", 2);
     for (int i = 0; i < lg_gguf_n_kv(src); i++) {
@@ -100,31 +110,22 @@ static int export_model(lg_model *m, lg_gguf *src, const char *dtype, const char
     int rc = 0;
     for (int i = 0; i < lg_model_n_params(m) && !rc; i++) {
         lg_param *p = lg_model_param(m, i);
-        char mod[128], gname[160];
-        snprintf(mod, sizeof mod, "%s", p->name);
-        char *dot = strrchr(mod, '.');
-        if (!dot || strcmp(dot, ".weight")) {
-            rc = lg_errorf("export: parameter '%s' has no GGUF name", p->name);
-            break;
-        }
-        *dot = 0;
-        int qk;
-        if (gguf_module(mod, gname, sizeof gname - 8, &qk)) {
-            rc = lg_errorf("export: parameter '%s' has no GGUF name", p->name);
-            break;
-        }
-        strcat(gname, ".weight");
-        float *d = lg_malloc((size_t)p->numel * sizeof(float));
-        lg_param_read_f32(p, d);
-        if (qk) {
-            float *q = lg_malloc((size_t)p->numel * sizeof(float));
-            permute_rows(d, q, qk == 1 ? c->n_heads : c->n_kv_heads, c->head_dim, p->shape[1]);
-            free(d);
-            d = q;
-        }
+        char gname[160];
+        float *d = NULL;
+        if ((rc = gguf_param(c, p, gname, sizeof gname, &d)) != 0) break;
         int64_t ne[2] = {p->ndim == 2 ? p->shape[1] : p->numel, p->ndim == 2 ? p->shape[0] : 1};
         uint32_t tt = p->ndim == 2 && (type != LG_GGML_Q8_0 || ne[0] % 32 == 0) ? type : LG_GGML_F32;
         rc = lg_gguf_w_tensor(w, gname, p->ndim == 2 ? 2 : 1, ne, tt, d);
+        free(d);
+    }
+    /* RoPE frequency factors are no parameters: the base GGUF's, as they are */
+    static const char *const extra[] = {"rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"};
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0] && !rc; i++) {
+        const lg_gguf_tensor *t = lg_gguf_find_tensor(src, extra[i]);
+        if (!t) continue;
+        float *d = lg_malloc((size_t)t->numel * sizeof(float));
+        rc = lg_gguf_read_f32(src, t, d);
+        if (!rc) rc = lg_gguf_w_tensor(w, extra[i], 1, &t->numel, LG_GGML_F32, d);
         free(d);
     }
     if (!rc) rc = lg_gguf_w_save(w, out);
@@ -134,15 +135,9 @@ static int export_model(lg_model *m, lg_gguf *src, const char *dtype, const char
 
 static int export_lora(lg_model *m, lg_gguf *src, const char *out) {
     const lg_config *c = lg_model_config(m);
-    if (check_arch(c)) return -1;
+    const char *arch = check_arch(c, src);
+    if (!arch) return -1;
     lg_gguf_writer *w = lg_gguf_writer_new();
-    const char *arch = "llama";
-    size_t al;
-    if (src && lg_gguf_get_str(src, "general.architecture", &arch, &al) == 0) {
-        static char buf[64];
-        snprintf(buf, sizeof buf, "%.*s", (int)LG_MIN(al, 63), arch);
-        arch = buf;
-    } else arch = "llama";
     lg_gguf_w_str(w, "general.architecture", arch);
     lg_gguf_w_str(w, "general.type", "adapter");
     lg_gguf_w_str(w, "adapter.type", "lora");
@@ -158,17 +153,19 @@ static int export_lora(lg_model *m, lg_gguf *src, const char *out) {
             break;
         }
         lg_lora *a = (lg_lora *)l->adapter;
-        char gname[160];
-        int qk;
-        if (gguf_module(l->name, gname, sizeof gname - 16, &qk)) {
+        char wname[160], gname[160];
+        int qk, plus1; /* qk: heads of a q/k projection whose rows llama.cpp permutes */
+        snprintf(wname, sizeof wname, "%s.weight", l->name);
+        if (lg_gguf_tensor_name(c, wname, gname, sizeof gname, &qk, &plus1)) {
             rc = lg_errorf("export --to gguf-lora: module '%s' has no GGUF name", l->name);
             break;
         }
+        gname[strlen(gname) - strlen(".weight")] = 0; /* blk.N.attn_q */
         float sr = a->scale * (float)a->r; /* llama.cpp applies alpha / r */
         if (n++ == 0) alpha = sr;
         float f = sr / alpha;
         float *B = lg_malloc((size_t)a->out * (size_t)a->r * sizeof(float));
-        if (qk) permute_rows(a->B, B, qk == 1 ? c->n_heads : c->n_kv_heads, c->head_dim, a->r);
+        if (qk) permute_rows(a->B, B, qk, c->head_dim, a->r);
         else memcpy(B, a->B, (size_t)a->out * (size_t)a->r * sizeof(float));
         if (f != 1.0f)
             for (size_t k = 0; k < (size_t)a->out * (size_t)a->r; k++) B[k] *= f;

@@ -209,8 +209,9 @@ static int train_main(int argc, char **argv) {
         {"--dropout", LG_OPT_FLOAT, &dropout, "adapter dropout (default 0)"},
         {"--targets", LG_OPT_STR, &targets,
          "target modules as PEFT takes them: names a module path ends with (q_proj,v_proj), one regex that must "
-         "match the whole path (.*\\.(q_proj|v_proj)), or all-linear (default q_proj,k_proj,v_proj,o_proj,"
-         "gate_proj,up_proj,down_proj; GPT-2 c_attn,c_proj,c_fc; lora-ga all-linear)"},
+         "match the whole path (.*\\.(q_proj|v_proj)), all-linear, or peft (PEFT's default for the model type); "
+         "default: every attention and MLP projection (q,k,v,o,gate,up,down_proj; Phi-3 qkv,o,gate_up,down_proj; "
+         "GPT-2 c_attn,c_proj,c_fc); lora-ga all-linear"},
         {"--init", LG_OPT_STR, &init, "LoRA init: kaiming (default, as PEFT) or gaussian"},
         {"--rslora", LG_OPT_FLAG, &use_rslora, "scale alpha/sqrt(r) instead of alpha/r"},
         {"--dora", LG_OPT_FLAG, &use_dora, "weight-decomposed adapters (DoRA); composes with lora-ga"},
@@ -497,9 +498,15 @@ static int train_main(int argc, char **argv) {
         lo.seed = (uint64_t)seed;
         lo.use_rslora = use_rslora || mi == 2 || is_ga; /* the lora-ga preset uses rsLoRA scaling */
         lo.use_dora = use_dora || mi == 4;
-        if (targets) lo.targets = targets;
-        else if (is_ga) lo.targets = "all-linear";
-        else if (c->arch == LG_ARCH_GPT2) lo.targets = "c_attn,c_proj,c_fc";
+        if (targets && !strcmp(targets, "peft")) {
+            if (!(lo.targets = lg_config_peft_targets(c))) goto done;
+        } else if (targets) {
+            lo.targets = targets;
+        } else if (is_ga) {
+            lo.targets = "all-linear";
+        } else {
+            lo.targets = lg_config_default_targets(c);
+        }
         lo.init = LG_INIT_KAIMING;
         if (init && !strcmp(init, "gaussian")) lo.init = LG_INIT_GAUSSIAN;
         else if (init && strcmp(init, "kaiming")) {

@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <pthread.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -707,11 +708,20 @@ int lg_gguf_read_f32(const lg_gguf *g, const lg_gguf_tensor *t, float *dst) {
     return 0;
 }
 
-/* ---- architecture "llama" ---------------------------------------------------------------------- */
+/* ---- architectures -> the decoder ------------------------------------------------------------- */
+/* llama.cpp's architectures and what they are in Hugging Face's terms. */
+static const char *const GG_ARCH[][2] = {
+    {"llama", "llama"},   {"qwen2", "qwen2"},         {"qwen3", "qwen3"},
+    {"gemma2", "gemma2"}, {"gemma3", "gemma3_text"}, {"phi3", "phi3"},
+};
+
 typedef struct {
     lg_gguf *g;
     int owned;
     int n_heads, n_kv_heads, head_dim;
+    int permute_qk;  /* llama: the converter permuted q/k rows (and biases) to interleaved RoPE order */
+    int norm_plus1;  /* Gemma: the converter stored norm weights as 1 + w */
+    int post_norms;  /* Gemma 2/3: post_attention_layernorm is the attention output's norm */
 } gm_ctx;
 
 /* HF name -> GGUF name; *perm_heads > 0 when llama.cpp permuted the rows (q: n_heads, k: n_kv_heads). */
@@ -724,12 +734,24 @@ static int map_name(const gm_ctx *c, const char *hf, char *out, size_t cap, int 
     };
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
         if (!strcmp(hf, top[i][0])) return snprintf(out, cap, "%s", top[i][1]), 0;
+    /* modules (weight and bias alike); the post-attention norm is Gemma's attention output norm,
+     * LLaMA's pre-MLP norm */
     static const char *const layer[][2] = {
-        {"input_layernorm.weight", "attn_norm.weight"},   {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},     {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.o_proj.weight", "attn_output.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"},      {"mlp.up_proj.weight", "ffn_up.weight"},
-        {"mlp.down_proj.weight", "ffn_down.weight"},
+        {"input_layernorm", "attn_norm"},
+        {"self_attn.q_proj", "attn_q"},
+        {"self_attn.k_proj", "attn_k"},
+        {"self_attn.v_proj", "attn_v"},
+        {"self_attn.o_proj", "attn_output"},
+        {"self_attn.qkv_proj", "attn_qkv"},
+        {"self_attn.q_norm", "attn_q_norm"},
+        {"self_attn.k_norm", "attn_k_norm"},
+        {"post_attention_layernorm", "ffn_norm"},
+        {"pre_feedforward_layernorm", "ffn_norm"},
+        {"post_feedforward_layernorm", "post_ffw_norm"},
+        {"mlp.gate_proj", "ffn_gate"},
+        {"mlp.up_proj", "ffn_up"},
+        {"mlp.gate_up_proj", "ffn_up"}, /* Phi-3: one tensor of 2F rows, gate first, as HF */
+        {"mlp.down_proj", "ffn_down"},
     };
     const char *pre = "model.layers.";
     if (strncmp(hf, pre, strlen(pre))) return -1;
@@ -737,11 +759,16 @@ static int map_name(const gm_ctx *c, const char *hf, char *out, size_t cap, int 
     char *end;
     long l = strtol(p, &end, 10);
     if (end == p || *end != '.' || l < 0 || l > 100000) return -1;
+    const char *mod = end + 1, *suf = strrchr(mod, '.');
+    if (!suf || (strcmp(suf, ".weight") && strcmp(suf, ".bias"))) return -1;
+    const size_t ml = (size_t)(suf - mod);
     for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++)
-        if (!strcmp(end + 1, layer[i][0])) {
-            snprintf(out, cap, "blk.%ld.%s", l, layer[i][1]);
-            if (i == 1) *perm_heads = c->n_heads;
-            if (i == 2) *perm_heads = c->n_kv_heads;
+        if (strlen(layer[i][0]) == ml && !strncmp(mod, layer[i][0], ml)) {
+            const char *g = layer[i][1];
+            if (i == 8 && c->post_norms) g = "post_attention_norm";
+            snprintf(out, cap, "blk.%ld.%s%s", l, g, suf);
+            if (c->permute_qk && i == 1) *perm_heads = c->n_heads;
+            if (c->permute_qk && i == 2) *perm_heads = c->n_kv_heads;
             return 0;
         }
     return -1;
@@ -754,9 +781,11 @@ static int gm_has(void *ctx, const char *name) {
     return map_name(c, name, gn, sizeof gn, &ph) == 0 && lg_gguf_find_tensor(c->g, gn) != NULL;
 }
 
-/* llama.cpp's converter reorders the rows of each q/k head from Hugging Face's rotate-half layout
- * (pairs i, i + hd/2) to Meta's interleaved one (pairs 2i, 2i+1): GGUF row h*hd + 2i + s holds HF
- * row h*hd + s*hd/2 + i. Reading it back that way gives exactly the HF weights (rope_style HALF). */
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
 /* weights are computed with: a NaN or an infinity (also from a quantisation block's scale) is refused */
 static int check_finite(const lg_gguf *g, const char *gn, const float *x, int64_t n) {
     int64_t bad = lg_first_nonfinite(x, n);
@@ -765,6 +794,10 @@ static int check_finite(const lg_gguf *g, const char *gn, const float *x, int64_
                      (double)x[bad], (long long)bad);
 }
 
+/* llama.cpp's converter reorders the rows of each q/k head from Hugging Face's rotate-half layout
+ * (pairs i, i + hd/2) to Meta's interleaved one (pairs 2i, 2i+1): GGUF row h*hd + 2i + s holds HF
+ * row h*hd + s*hd/2 + i. Reading it back that way gives exactly the HF weights (rope_style HALF).
+ * Gemma's norms come back as w from the 1 + w the converter stored. */
 static int gm_read(void *ctx, const char *name, float *dst, int ndim, const int64_t *shape) {
     gm_ctx *c = ctx;
     lg_gguf *g = c->g;
@@ -783,13 +816,29 @@ static int gm_read(void *ctx, const char *name, float *dst, int ndim, const int6
     if (!lg_ggml_type_supported(t->type))
         return lg_errorf("%s: tensor '%s' has type %s, which loraga cannot dequantise (supported: " SUPPORTED_TYPES ")",
                          g->name, gn, lg_ggml_type_name(t->type));
+    if (c->norm_plus1 && ends_with(name, "norm.weight")) {
+        if (lg_gguf_read_f32(g, t, dst) != 0) return -1;
+        for (int64_t i = 0; i < t->numel; i++) dst[i] -= 1.0f;
+        return check_finite(g, gn, dst, t->numel);
+    }
     if (!ph) {
         if (lg_gguf_read_f32(g, t, dst) != 0) return -1;
         return check_finite(g, gn, dst, t->numel);
     }
-    int hd = (int)(rows / ph);
-    if (hd * ph != rows || hd % 2)
-        return lg_errorf("%s: tensor '%s' has %lld rows, not %d heads of an even size", g->name, gn, (long long)rows, ph);
+    const int64_t n = ndim > 1 ? rows : t->ne[0]; /* permuted rows: a weight's rows, a bias's entries */
+    int hd = (int)(n / ph);
+    if (hd * ph != n || hd % 2)
+        return lg_errorf("%s: tensor '%s' has %lld rows, not %d heads of an even size", g->name, gn, (long long)n, ph);
+    if (ndim == 1) { /* a bias: permute its entries */
+        float *tmp = lg_malloc((size_t)n * sizeof(float));
+        if (lg_gguf_read_f32(g, t, tmp) != 0) return free(tmp), -1;
+        for (int64_t r = 0; r < n; r++) {
+            int64_t h = r / hd, j = r % hd, s = j / (hd / 2), i = j % (hd / 2);
+            dst[r] = tmp[h * hd + 2 * i + s];
+        }
+        free(tmp);
+        return check_finite(g, gn, dst, n);
+    }
     size_t rb = row_bytes(t);
     const uint8_t *base = t->data;
     const int64_t cols = t->ne[0];
@@ -825,65 +874,188 @@ static int get_pos(const lg_gguf *g, const char *key, int required, int dflt, in
     return 0;
 }
 
+/* "<arch>.<rest>" */
+static const char *akey(const char *arch, const char *rest) {
+    static _Thread_local char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, rest);
+    return k;
+}
+
+/* A small F32-readable tensor of exactly n values (RoPE factors) into dst; 1 if absent. */
+static int read_small(const lg_gguf *g, const char *name, int n, float *dst) {
+    const lg_gguf_tensor *t = lg_gguf_find_tensor(g, name);
+    if (!t) return 1;
+    if (t->numel != n) return lg_errorf("%s: tensor '%s' has %lld values, expected head_dim / 2 = %d", g->name, name,
+                                        (long long)t->numel, n);
+    if (!lg_ggml_type_supported(t->type))
+        return lg_errorf("%s: tensor '%s' has type %s", g->name, name, lg_ggml_type_name(t->type));
+    return lg_gguf_read_f32(g, t, dst);
+}
+
+/* The sliding-window layers: <arch>.attention.sliding_window_pattern as a per-layer array (bool or
+ * number), or a period n (layer l slides unless l % n == n - 1), else the default period. */
+static int swa_pattern(const lg_gguf *g, const char *arch, int period, lg_config *c) {
+    const char *key = akey(arch, "attention.sliding_window_pattern");
+    int et;
+    uint64_t n;
+    int rc = lg_gguf_get_arr(g, key, &et, &n);
+    if (rc < 0) return -1;
+    if (rc == 0) {
+        if (n != (uint64_t)c->n_layers)
+            return lg_errorf("%s: %s has %llu entries for %d layers", g->name, key, (unsigned long long)n, c->n_layers);
+        for (int l = 0; l < c->n_layers; l++) {
+            double v;
+            if (lg_gguf_arr_num(g, key, (uint64_t)l, &v) != 0) return lg_errorf("%s: %s must hold numbers", g->name, key);
+            c->swa_layers[l] = v != 0;
+        }
+        return 0;
+    }
+    if (get_pos(g, key, 0, period, &period)) return -1;
+    for (int l = 0; l < c->n_layers; l++) c->swa_layers[l] = l % period < period - 1;
+    return 0;
+}
+
 int lg_gguf_model_from(lg_gguf *g, lg_config *cfg, lg_weight_src *src) {
     memset(src, 0, sizeof *src);
     memset(cfg, 0, sizeof *cfg);
-    const char *arch;
+    const char *arch_s;
     size_t alen;
-    int rc = lg_gguf_get_str(g, "general.architecture", &arch, &alen);
+    int rc = lg_gguf_get_str(g, "general.architecture", &arch_s, &alen);
     if (rc) return rc < 0 ? -1 : lg_errorf("%s: metadata 'general.architecture' is missing", g->name);
-    if (alen != 5 || memcmp(arch, "llama", 5))
-        return lg_errorf("%s: architecture '%.*s' is not supported (only llama)", g->name, (int)LG_MIN(alen, 64), arch);
+    const char *arch = NULL;
+    for (size_t i = 0; i < sizeof GG_ARCH / sizeof GG_ARCH[0]; i++)
+        if (alen == strlen(GG_ARCH[i][0]) && !memcmp(arch_s, GG_ARCH[i][0], alen)) {
+            arch = GG_ARCH[i][0];
+            snprintf(cfg->model_type, sizeof cfg->model_type, "%s", GG_ARCH[i][1]);
+        }
+    if (!arch)
+        return lg_errorf("%s: architecture '%.*s' is not supported (llama, qwen2, qwen3, gemma2, gemma3, phi3)", g->name,
+                         (int)LG_MIN(alen, 64), arch_s);
+    const int llama = !strcmp(arch, "llama"), qwen3 = !strcmp(arch, "qwen3");
+    const int gemma2 = !strcmp(arch, "gemma2"), gemma3 = !strcmp(arch, "gemma3"), gemma = gemma2 || gemma3;
+    const int phi3 = !strcmp(arch, "phi3");
     cfg->arch = LG_ARCH_LLAMA;
-    snprintf(cfg->model_type, sizeof cfg->model_type, "llama");
-    if (get_pos(g, "llama.block_count", 1, 0, &cfg->n_layers) || get_pos(g, "llama.embedding_length", 1, 0, &cfg->dim) ||
-        get_pos(g, "llama.feed_forward_length", 1, 0, &cfg->hidden_dim) ||
-        get_pos(g, "llama.attention.head_count", 1, 0, &cfg->n_heads) ||
-        get_pos(g, "llama.attention.head_count_kv", 0, cfg->n_heads, &cfg->n_kv_heads) ||
-        get_pos(g, "llama.context_length", 1, 0, &cfg->max_seq))
+    if (get_pos(g, akey(arch, "block_count"), 1, 0, &cfg->n_layers) ||
+        get_pos(g, akey(arch, "embedding_length"), 1, 0, &cfg->dim) ||
+        get_pos(g, akey(arch, "feed_forward_length"), 1, 0, &cfg->hidden_dim) ||
+        get_pos(g, akey(arch, "attention.head_count"), 1, 0, &cfg->n_heads) ||
+        get_pos(g, akey(arch, "attention.head_count_kv"), 0, cfg->n_heads, &cfg->n_kv_heads) ||
+        get_pos(g, akey(arch, "context_length"), 1, 0, &cfg->max_seq))
         return -1;
-    int kl = 0, vl = 0, rd = 0, ne = 0;
-    if (get_pos(g, "llama.attention.key_length", 0, 0, &kl) || get_pos(g, "llama.attention.value_length", 0, 0, &vl) ||
-        get_pos(g, "llama.rope.dimension_count", 0, 0, &rd))
+    if (cfg->n_layers > LG_MAX_LAYERS)
+        return lg_errorf("%s: %d layers is more than %d", g->name, cfg->n_layers, LG_MAX_LAYERS);
+    int kl = 0, vl = 0, rd = 0;
+    if (get_pos(g, akey(arch, "attention.key_length"), 0, 0, &kl) ||
+        get_pos(g, akey(arch, "attention.value_length"), 0, 0, &vl) ||
+        get_pos(g, akey(arch, "rope.dimension_count"), 0, 0, &rd))
         return -1;
     int64_t experts = 0;
-    if (lg_gguf_get_int(g, "llama.expert_count", &experts) < 0) return -1;
-    (void)ne;
-    if (experts > 0) return lg_errorf("%s: mixture-of-experts llama (%lld experts) is not supported", g->name, (long long)experts);
+    if (lg_gguf_get_int(g, akey(arch, "expert_count"), &experts) < 0) return -1;
+    if (experts > 0)
+        return lg_errorf("%s: mixture-of-experts %s (%lld experts) is not supported", g->name, arch, (long long)experts);
     cfg->head_dim = kl ? kl : cfg->dim / cfg->n_heads;
     if (vl && vl != cfg->head_dim)
         return lg_errorf("%s: attention value_length %d differs from key_length %d (not supported)", g->name, vl, cfg->head_dim);
     if (rd && rd != cfg->head_dim)
         return lg_errorf("%s: rope.dimension_count %d differs from the head size %d (partial rotary is not supported)",
                          g->name, rd, cfg->head_dim);
-    const char *rs;
-    size_t rsl;
-    rc = lg_gguf_get_str(g, "llama.rope.scaling.type", &rs, &rsl);
-    if (rc < 0) return -1;
-    if (rc == 0 && !(rsl == 4 && !memcmp(rs, "none", 4)))
-        return lg_errorf("%s: rope scaling '%.*s' is not supported", g->name, (int)LG_MIN(rsl, 64), rs);
     double eps = 1e-5, theta = 10000.0;
-    if (lg_gguf_get_float(g, "llama.attention.layer_norm_rms_epsilon", &eps) < 0 ||
-        lg_gguf_get_float(g, "llama.rope.freq_base", &theta) < 0)
+    if (lg_gguf_get_float(g, akey(arch, "attention.layer_norm_rms_epsilon"), &eps) < 0 ||
+        lg_gguf_get_float(g, akey(arch, "rope.freq_base"), &theta) < 0)
         return -1;
     if (!(eps > 0 && eps < 1) || !(theta > 0 && theta < 1e12))
         return lg_errorf("%s: rms epsilon %g or rope freq_base %g out of range", g->name, eps, theta);
     cfg->norm_eps = (float)eps;
     cfg->rope_theta = (float)theta;
-    cfg->rope_style = LG_ROPE_HALF; /* q/k rows are un-permuted on read */
+    cfg->rope_style = LG_ROPE_HALF; /* llama's q/k rows are un-permuted on read; the others are NEOX */
+
+    /* RoPE scaling: linear (factor), llama3's factors (rope_freqs), Phi-3's LongRoPE */
+    lg_rope_scaling *rs = &cfg->rope_scaling;
+    const int half = cfg->head_dim / 2;
+    if (half > LG_ROPE_MAX_HALF) return lg_errorf("%s: head size %d too large", g->name, cfg->head_dim);
+    const char *st;
+    size_t stl;
+    rc = lg_gguf_get_str(g, akey(arch, "rope.scaling.type"), &st, &stl);
+    if (rc < 0) return -1;
+    if (rc == 0 && stl == 6 && !memcmp(st, "linear", 6)) {
+        double f = 1.0;
+        if (lg_gguf_get_float(g, akey(arch, "rope.scaling.factor"), &f) < 0) return -1;
+        if (!(f >= 1.0 && f < 1e6)) return lg_errorf("%s: rope scaling factor %g out of range", g->name, f);
+        if (f > 1.0) rs->type = LG_ROPE_LINEAR, rs->factor = (float)f;
+    } else if (rc == 0 && !(stl == 4 && !memcmp(st, "none", 4)) && !(phi3 && stl == 8 && !memcmp(st, "longrope", 8))) {
+        return lg_errorf("%s: rope scaling '%.*s' is not supported (linear, llama3 factors, Phi-3 longrope)", g->name,
+                         (int)LG_MIN(stl, 64), st);
+    }
+    rc = read_small(g, "rope_freqs.weight", half, rs->short_factor);
+    if (rc < 0) return -1;
+    if (rc == 0) {
+        if (rs->type != LG_ROPE_DEFAULT) return lg_errorf("%s: rope_freqs together with rope scaling", g->name);
+        rs->type = LG_ROPE_FACTORS, rs->n_factors = half;
+    }
+    if (phi3) {
+        int r1 = read_small(g, "rope_factors_short.weight", half, rs->short_factor);
+        int r2 = r1 < 0 ? -1 : read_small(g, "rope_factors_long.weight", half, rs->long_factor);
+        if (r1 < 0 || r2 < 0) return -1;
+        if (r1 != r2) return lg_errorf("%s: rope_factors_short and rope_factors_long must come together", g->name);
+        if (r1 == 0) {
+            double af = 0;
+            rs->type = LG_ROPE_LONGROPE, rs->n_factors = half;
+            if (get_pos(g, akey(arch, "rope.scaling.original_context_length"), 1, 0, &rs->original_max) ||
+                lg_gguf_get_float(g, akey(arch, "rope.scaling.attn_factor"), &af) < 0)
+                return -1;
+            rs->attn_factor = (float)af;
+            rs->factor = (float)cfg->max_seq / (float)rs->original_max;
+        }
+    }
+
+    /* architecture switches; Gemma's attention scale is llama.cpp's rule (1/sqrt(head_dim), the
+     * 27B models 1/sqrt(dim / heads)), which is what their query_pre_attn_scalar holds */
+    cfg->qkv_bias = lg_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
+    cfg->o_bias = lg_gguf_find_tensor(g, "blk.0.attn_output.bias") != NULL;
+    cfg->mlp_bias = lg_gguf_find_tensor(g, "blk.0.ffn_down.bias") != NULL;
+    cfg->qk_norm = qwen3 || gemma3;
+    cfg->fused_qkv = cfg->fused_gate_up = phi3;
+    int window = 0;
+    if (get_pos(g, akey(arch, "attention.sliding_window"), 0, gemma2 ? 4096 : 0, &window)) {
+        int64_t w0; /* phi3 writes 0 for none, which get_pos refuses */
+        if (lg_gguf_get_int(g, akey(arch, "attention.sliding_window"), &w0) != 0 || w0 != 0) return -1;
+        window = 0;
+    }
+    if (gemma) {
+        cfg->mlp_act = LG_MLP_GEGLU;
+        cfg->gemma_norms = cfg->post_norms = 1;
+        cfg->embed_scale = (float)sqrt((double)cfg->dim);
+        const int big = (gemma2 && cfg->n_layers == 46) || (gemma3 && cfg->n_layers == 62);
+        cfg->attn_scale = (float)(1.0 / sqrt((double)(big ? cfg->dim / cfg->n_heads : cfg->head_dim)));
+        double fc = gemma2 ? 30.0 : 0.0, ac = gemma2 ? 50.0 : 0.0;
+        if (lg_gguf_get_float(g, akey(arch, "final_logit_softcapping"), &fc) < 0 ||
+            (gemma2 && lg_gguf_get_float(g, akey(arch, "attn_logit_softcapping"), &ac) < 0))
+            return -1;
+        cfg->final_softcap = (float)fc;
+        cfg->attn_softcap = (float)ac;
+        if (window > 0 && swa_pattern(g, arch, gemma2 ? 2 : 6, cfg) != 0) return -1;
+        double local = gemma3 ? 10000.0 : theta;
+        if (lg_gguf_get_float(g, akey(arch, "rope.freq_base_swa"), &local) < 0) return -1;
+        if (gemma3 || local != theta) cfg->rope_theta_local = (float)local;
+    } else if (window > 0) { /* Mistral (as llama), Phi-3: every layer */
+        for (int l = 0; l < cfg->n_layers; l++) cfg->swa_layers[l] = 1;
+    }
+    cfg->sliding_window = window;
+
     const lg_gguf_tensor *emb = lg_gguf_find_tensor(g, "token_embd.weight");
     if (!emb) return lg_errorf("%s: no tensor 'token_embd.weight'", g->name);
     if (emb->ne[0] != cfg->dim || emb->n_dims != 2 || emb->ne[1] <= 0 || emb->ne[1] > (1 << 30))
         return lg_errorf("%s: token_embd.weight has ne [%lld, %lld], expected [%d, vocab]", g->name,
                          (long long)emb->ne[0], (long long)emb->ne[1], cfg->dim);
     int vocab = (int)emb->ne[1];
-    if (get_pos(g, "llama.vocab_size", 0, vocab, &cfg->vocab_size)) return -1;
+    if (get_pos(g, akey(arch, "vocab_size"), 0, vocab, &cfg->vocab_size)) return -1;
     if (cfg->vocab_size != vocab)
-        return lg_errorf("%s: llama.vocab_size %d but token_embd.weight has %d rows", g->name, cfg->vocab_size, vocab);
+        return lg_errorf("%s: %s.vocab_size %d but token_embd.weight has %d rows", g->name, arch, cfg->vocab_size, vocab);
     cfg->tied_embeddings = lg_gguf_find_tensor(g, "output.weight") == NULL;
     int64_t v;
     cfg->bos_id = lg_gguf_get_int(g, "tokenizer.ggml.bos_token_id", &v) == 0 && v < vocab ? (int)v : -1;
     cfg->eos_id = lg_gguf_get_int(g, "tokenizer.ggml.eos_token_id", &v) == 0 && v < vocab ? (int)v : -1;
+    cfg->pad_id = lg_gguf_get_int(g, "tokenizer.ggml.padding_token_id", &v) == 0 && v < vocab ? (int)v : -1;
     /* dtype to write back: the matrices' own when they are all F16 (or all BF16), else float32 */
     int n16 = 0, nb16 = 0, nmat = 0;
     for (int i = 0; i < g->n_t; i++) {
@@ -901,9 +1073,30 @@ int lg_gguf_model_from(lg_gguf *g, lg_config *cfg, lg_weight_src *src) {
     c->n_heads = cfg->n_heads;
     c->n_kv_heads = cfg->n_kv_heads;
     c->head_dim = cfg->head_dim;
+    c->permute_qk = llama;
+    c->norm_plus1 = gemma;
+    c->post_norms = cfg->post_norms;
     src->ctx = c;
     src->read = gm_read;
     src->has = gm_has;
+    return 0;
+}
+
+const char *lg_gguf_arch_name(const lg_config *c) {
+    if (c->arch == LG_ARCH_LLAMA && (!strcmp(c->model_type, "mistral") || !c->model_type[0])) return "llama";
+    for (size_t i = 0; i < sizeof GG_ARCH / sizeof GG_ARCH[0]; i++)
+        if (c->arch == LG_ARCH_LLAMA && !strcmp(c->model_type, GG_ARCH[i][1])) return GG_ARCH[i][0];
+    lg_errorf("model_type \"%s\" has no GGUF architecture here", c->model_type);
+    return NULL;
+}
+
+int lg_gguf_tensor_name(const lg_config *c, const char *hf, char *out, size_t cap, int *perm_heads, int *plus1) {
+    const char *arch = lg_gguf_arch_name(c);
+    if (!arch) return -1;
+    const gm_ctx ctx = {.n_heads = c->n_heads, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
+                        .permute_qk = !strcmp(arch, "llama"), .norm_plus1 = c->gemma_norms, .post_norms = c->post_norms};
+    if (map_name(&ctx, hf, out, cap, perm_heads) != 0) return -1;
+    *plus1 = ctx.norm_plus1 && ends_with(hf, "norm.weight");
     return 0;
 }
 

@@ -15,9 +15,12 @@
  * real blocks). Other ggml types are parsed (their sizes are known) but reading them is an error
  * naming the type.
  *
- * Architecture "llama" is exposed as an lg_weight_src under Hugging Face tensor names, with
- * llama.cpp's q/k row permutation undone (see gguf.c), so the model uses rope_style HALF and is
- * exactly what transformers builds from the same file. See docs/gguf.md. */
+ * Architectures llama, qwen2, qwen3, gemma2, gemma3 and phi3 are exposed as an lg_weight_src under
+ * Hugging Face tensor names, with what llama.cpp's converter changed undone (LLaMA's q/k row
+ * permutation, Gemma's norm weights stored as 1 + w; see gguf.c), so the model uses rope_style HALF
+ * and is exactly what transformers builds from the checkpoint the file was converted from. What
+ * llama.cpp keeps implicit is taken as llama.cpp takes it (Gemma's attention scale, Gemma 3's
+ * sliding pattern and local RoPE base). See docs/gguf.md and docs/models-architectures.md. */
 #ifndef LG_GGUF_H
 #define LG_GGUF_H
 
@@ -103,13 +106,21 @@ int lg_gguf_dequant(uint32_t type, const void *src, float *dst, int64_t n);
 /* Whole tensor as float32 (numel floats), in file order. */
 int lg_gguf_read_f32(const lg_gguf *g, const lg_gguf_tensor *t, float *dst);
 
-/* ---- architecture "llama" -> the decoder ---- */
+/* ---- architectures -> the decoder ---- */
 /* Config + weight source under HF names (src->ctx owned; close with lg_gguf_model_close).
- * Refuses other architectures, rope scaling, partial rotary, MoE, by name. */
+ * Refuses other architectures, unsupported rope scaling, partial rotary, MoE, by name. */
 int lg_gguf_model_open(const char *path, lg_config *c, lg_weight_src *src);
 void lg_gguf_model_close(lg_weight_src *src);
 /* Same, from an already open file (the handle stays the caller's; it must outlive src). */
 int lg_gguf_model_from(lg_gguf *g, lg_config *c, lg_weight_src *src);
+/* For writers (export), the reader's conventions in the other direction: llama.cpp's architecture
+ * name for the model ("llama" for llama/mistral, "qwen2", "qwen3", "gemma2", "gemma3", "phi3"; NULL
+ * with a message for others), and the GGUF name of Hugging Face tensor `hf` (0; -1 when it has
+ * none), with *perm_heads > 0 when llama.cpp stores its rows permuted to interleaved RoPE order
+ * (LLaMA's q/k weights and biases: heads of the q or k projection) and *plus1 when it stores w + 1
+ * (Gemma's norm weights). */
+const char *lg_gguf_arch_name(const lg_config *c);
+int lg_gguf_tensor_name(const lg_config *c, const char *hf, char *out, size_t cap, int *perm_heads, int *plus1);
 
 /* ---- tokenizer and chat template from the metadata ---- */
 /* tokenizer.ggml.model "gpt2" (byte-level BPE: tokens, merges, token types, pre-tokenizer named by

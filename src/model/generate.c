@@ -26,8 +26,14 @@ int lg_kv_create(lg_model *m, int cap, lg_kv **out) {
     *out = NULL;
     const lg_config *c = &m->cfg;
     const lg_ops *o = m->ops;
-    if (cap <= 0) cap = c->max_seq;
+    /* LongRoPE switches to its long factors past original_max (not implemented): contexts stop there */
+    const int longrope = c->rope_scaling.type == LG_ROPE_LONGROPE, lmax = c->rope_scaling.original_max;
+    if (cap <= 0) cap = longrope ? LG_MIN(c->max_seq, lmax) : c->max_seq;
     if (cap > c->max_seq) return lg_errorf("context of %d positions exceeds the model's maximum %d", cap, c->max_seq);
+    if (longrope && cap > lmax)
+        return lg_errorf("context of %d positions exceeds original_max_position_embeddings %d: LongRoPE's long "
+                         "factors are not implemented", cap, lmax);
+    lg_model_rope_reserve(m, cap);
     lg_kv *kv = lg_calloc(1, sizeof *kv);
     kv->m = m;
     kv->cap = cap;
@@ -51,6 +57,17 @@ int lg_kv_create(lg_model *m, int cap, lg_kv **out) {
         a->q = o->alloc(o, n * qd * f);
         a->gate = o->alloc(o, n * F * f);
     }
+    const size_t kvd = (size_t)kv->kvd;
+    if (c->qk_norm) {
+        a->qraw = o->alloc(o, n * qd * f), a->kraw = o->alloc(o, n * kvd * f);
+        a->rstd_q = o->alloc(o, n * (size_t)c->n_heads * f), a->rstd_k = o->alloc(o, n * (size_t)c->n_kv_heads * f);
+    }
+    if (c->post_norms) {
+        a->ao = o->alloc(o, n * C * f), a->mo = o->alloc(o, n * C * f);
+        a->rstd_pa = o->alloc(o, n * f), a->rstd_pf = o->alloc(o, n * f);
+    }
+    if (c->fused_qkv || c->fused_gate_up)
+        a->fused = o->alloc(o, n * LG_MAX(c->fused_qkv ? qd + 2 * kvd : 0, c->fused_gate_up ? 2 * F : 0) * f);
     a->att = o->alloc(o, n * qd * f);
     a->up = o->alloc(o, n * F * f);
     a->h = o->alloc(o, n * F * f);
@@ -84,7 +101,8 @@ void lg_kv_free(lg_kv *kv) {
     layer_acts *a = &kv->a;
     float *bufs[] = {kv->K,    kv->V,    a->x,     a->xn1,  a->xmid, a->xn2,   a->tmp, a->mean1, a->rstd1,
                      a->mean2, a->rstd2, a->qkv ? a->qkv : a->q, a->gate, a->att, a->up, a->h, kv->xn,
-                     kv->mean, kv->rstd};
+                     kv->mean, kv->rstd, a->qraw, a->kraw, a->rstd_q, a->rstd_k, a->ao, a->mo, a->rstd_pa,
+                     a->rstd_pf, a->fused};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) o->free(o, bufs[i]);
     free(kv->ids);
     free(kv);
@@ -108,11 +126,9 @@ int lg_kv_common_prefix(const lg_kv *kv, const int *ids, int n) {
 static void feed_chunk(lg_kv *kv, const int *ids, int n, float *lg, int lo) {
     lg_model *m = kv->m;
     const lg_config *c = &m->cfg;
-    const lg_ops *ops = m->ops;
     const int C = c->dim, pos0 = kv->len;
     float *x = kv->a.x;
-    ops->embedding_forward(ops, x, ids, lg_param_weight(m->wte, 0), n, C);
-    if (c->arch == LG_ARCH_GPT2) ops->posemb_forward(ops, x, m->wpe->data, 1, n, C, pos0);
+    lg_embed(m, x, ids, 1, n, pos0);
     for (int l = 0; l < c->n_layers; l++) {
         const lg_kv_view view = {kv->K + (size_t)l * kv->alloc * kv->kvd, kv->V + (size_t)l * kv->alloc * kv->kvd,
                                  pos0};
@@ -123,7 +139,7 @@ static void feed_chunk(lg_kv *kv, const int *ids, int n, float *lg, int lo) {
     if (!lg || lo >= n) return;
     const int rows = n - lo;
     lg_final_norm(m, kv->xn, kv->mean, kv->rstd, x + (size_t)lo * C, rows);
-    ops->linear_forward(ops, lg, kv->xn, lg_param_weight(m->lm_head, 1), NULL, rows, C, c->vocab_size);
+    lg_model_head(m, lg, kv->xn, rows);
 }
 
 int lg_kv_feed(lg_kv *kv, const int *ids, int n, float *logits, int all) {
@@ -131,9 +147,6 @@ int lg_kv_feed(lg_kv *kv, const int *ids, int n, float *logits, int all) {
     if (n <= 0) return lg_errorf("nothing to feed");
     if (kv->len + n > kv->cap)
         return lg_errorf("context full: %d + %d tokens exceed the cache's %d positions", kv->len, n, kv->cap);
-    if (c->sliding_window > 0 && kv->len + n > c->sliding_window)
-        return lg_errorf("%d positions exceed the model's sliding_window %d (sliding-window attention is not "
-                         "implemented)", kv->len + n, c->sliding_window);
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return lg_errorf("token id %d out of range (vocab_size %d)", ids[i], c->vocab_size);

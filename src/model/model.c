@@ -12,6 +12,16 @@
  *   xn2 = rmsnorm(xmid)                        xn2 = layernorm(xmid)
  *   h = silu(xn2 Wg^T) * (xn2 Wu^T)            h = gelu(xn2 Wfc^T + b)
  *   x' = xmid + h Wd^T                         x' = xmid + h Wproj^T + b
+ *
+ * The LLaMA block's switches (lg_config) cover the rest of the family in the same code:
+ *   qk_norm        q,k = rmsnorm_per_head(q), rmsnorm_per_head(k) before RoPE (Qwen3, Gemma 3)
+ *   fused_qkv      q|k|v = xn1 Wqkv^T, split into q, k, v (Phi-3 qkv_proj)
+ *   fused_gate_up  gate|up = xn2 Wgu^T, split (Phi-3 gate_up_proj)
+ *   mlp_act GEGLU  h = gelu_tanh(gate) * up (Gemma)
+ *   post_norms     xmid = x + rmsnorm(att Wo^T);  x' = xmid + rmsnorm(h Wd^T) (Gemma 2/3)
+ *   gemma_norms    every RMSNorm scales by 1 + w (Gemma)
+ *   attention      score scale, soft cap, sliding window per layer (ops->attention_ex_*)
+ *   embed_scale    x0 = embedding * sqrt(C) (Gemma);  final_softcap: logits = cap tanh(logits / cap)
  */
 #include "model/model.h"
 #include "model/model_internal.h"
@@ -55,7 +65,7 @@ static void declare_params(lg_model *m) {
     const lg_config *c = &m->cfg;
     int C = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
     int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
-    m->params = lg_calloc((size_t)(16 * L + 8), sizeof(lg_param));
+    m->params = lg_calloc((size_t)(24 * L + 8), sizeof(lg_param));
     m->layers = lg_calloc((size_t)L, sizeof(lg_layer));
     m->linears = lg_calloc((size_t)(7 * L), sizeof(lg_linear *));
     char n[112], mod[96];
@@ -91,6 +101,7 @@ static void declare_params(lg_model *m) {
         m->normf_b = add_param(m, "transformer.ln_f.bias", 1, C, 1, 0);
         m->lm_head = m->wte;
     } else {
+        const int qkvd = qd + 2 * kvd, hd = c->head_dim;
         m->wte = add_param(m, "model.embed_tokens.weight", 2, V, C, 0);
         for (int l = 0; l < L; l++) {
             lg_layer *y = &m->layers[l];
@@ -106,18 +117,38 @@ static void declare_params(lg_model *m) {
         set_linear(&y->field, mod, w_, b_);                                                        \
         m->linears[m->nlin++] = &y->field;                                                         \
     }
-            snprintf(n, sizeof n, "model.layers.%d.input_layernorm.weight", l);
-            y->norm1_w = add_param(m, n, 1, C, 1, 0);
-            LIN(q, "self_attn.q_proj", qd, C, c->qkv_bias);
-            LIN(k, "self_attn.k_proj", kvd, C, c->qkv_bias);
-            LIN(v, "self_attn.v_proj", kvd, C, c->qkv_bias);
+#define NORM(field, suffix, d)                                                                     \
+    snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix);                                        \
+    y->field = add_param(m, n, 1, d, 1, 0);
+            NORM(norm1_w, "input_layernorm.weight", C);
+            if (c->fused_qkv) {
+                LIN(qkv, "self_attn.qkv_proj", qkvd, C, c->qkv_bias);
+            } else {
+                LIN(q, "self_attn.q_proj", qd, C, c->qkv_bias);
+                LIN(k, "self_attn.k_proj", kvd, C, c->qkv_bias);
+                LIN(v, "self_attn.v_proj", kvd, C, c->qkv_bias);
+            }
+            if (c->qk_norm) {
+                NORM(q_norm_w, "self_attn.q_norm.weight", hd);
+                NORM(k_norm_w, "self_attn.k_norm.weight", hd);
+            }
             LIN(o, "self_attn.o_proj", C, qd, c->o_bias);
-            snprintf(n, sizeof n, "model.layers.%d.post_attention_layernorm.weight", l);
-            y->norm2_w = add_param(m, n, 1, C, 1, 0);
-            LIN(gate, "mlp.gate_proj", F, C, c->mlp_bias);
-            LIN(up, "mlp.up_proj", F, C, c->mlp_bias);
+            if (c->post_norms) { /* Gemma: post_attention_layernorm is the attention output's own norm */
+                NORM(post_attn_w, "post_attention_layernorm.weight", C);
+                NORM(norm2_w, "pre_feedforward_layernorm.weight", C);
+                NORM(post_ffn_w, "post_feedforward_layernorm.weight", C);
+            } else {
+                NORM(norm2_w, "post_attention_layernorm.weight", C);
+            }
+            if (c->fused_gate_up) {
+                LIN(gate_up, "mlp.gate_up_proj", 2 * F, C, c->mlp_bias);
+            } else {
+                LIN(gate, "mlp.gate_proj", F, C, c->mlp_bias);
+                LIN(up, "mlp.up_proj", F, C, c->mlp_bias);
+            }
             LIN(down, "mlp.down_proj", C, F, c->mlp_bias);
 #undef LIN
+#undef NORM
 #undef P1
         }
         m->normf_w = add_param(m, "model.norm.weight", 1, C, 1, 0);
@@ -141,6 +172,27 @@ static int read_param(const lg_weight_src *src, lg_param *p, float *tmp) {
     for (int64_t i = 0; i < st[0]; i++)
         for (int64_t o = 0; o < st[1]; o++) p->data[o * st[0] + i] = tmp[i * st[1] + o];
     return 0;
+}
+
+/* RoPE tables for positions 0 .. npos-1 (global, and local for Gemma 3's sliding layers), grown
+ * on demand up to max_seq: a 128k-position model does not pay for tables it never reads. */
+void lg_model_rope_reserve(lg_model *m, int npos) {
+    const lg_config *c = &m->cfg;
+    if (c->arch != LG_ARCH_LLAMA || npos <= m->rope_len) return;
+    const int n = LG_MIN(c->max_seq, LG_MAX(npos, 2 * m->rope_len)), half = c->head_dim / 2;
+    double *inv = lg_malloc((size_t)half * sizeof(double)), ms;
+    free(m->rope_cos), free(m->rope_sin), free(m->rope_cos_l), free(m->rope_sin_l);
+    m->rope_cos_l = m->rope_sin_l = NULL;
+    lg_config_rope_freqs(c, 0, inv, &ms);
+    lg_rope_tables_freq(n, half, inv, ms, &m->rope_cos, &m->rope_sin);
+    int local = 0;
+    for (int l = 0; l < c->n_layers; l++) local |= lg_config_local_rope(c, l);
+    if (local) {
+        lg_config_rope_freqs(c, 1, inv, &ms);
+        lg_rope_tables_freq(n, half, inv, ms, &m->rope_cos_l, &m->rope_sin_l);
+    }
+    free(inv);
+    m->rope_len = n;
 }
 
 int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed, const lg_model_opts *opts,
@@ -185,11 +237,13 @@ int lg_model_create(const lg_config *c, const lg_weight_src *src, uint64_t seed,
             lg_param *p = &m->params[i];
             int is_norm_w = p->ndim == 1 && (strstr(p->name, "norm") || strstr(p->name, "ln_")) &&
                             strstr(p->name, ".weight");
+            const float norm1 = c->gemma_norms ? 0.0f : 1.0f; /* Gemma stores w of a 1 + w scale */
             for (int64_t e = 0; e < p->numel; e++)
-                p->data[e] = is_norm_w ? 1.0f : p->ndim == 1 ? 0.0f : 0.02f * lg_rng_normal(&rng);
+                p->data[e] = is_norm_w ? norm1 : p->ndim == 1 ? 0.0f : 0.02f * lg_rng_normal(&rng);
         }
     }
-    if (c->arch == LG_ARCH_LLAMA) lg_rope_tables(c->max_seq, c->head_dim, c->rope_theta, &m->rope_cos, &m->rope_sin);
+    m->norm_w1 = lg_malloc((size_t)LG_MAX(c->dim, c->head_dim) * sizeof(float));
+    lg_model_rope_reserve(m, LG_MIN(c->max_seq, 1024));
     *out = m;
     return 0;
 }
@@ -208,6 +262,9 @@ void lg_model_free(lg_model *m) {
     free(m->linears);
     free(m->rope_cos);
     free(m->rope_sin);
+    free(m->rope_cos_l);
+    free(m->rope_sin_l);
+    free(m->norm_w1);
     lg_ops_free(m->ops);
     free(m);
 }
@@ -319,22 +376,31 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     const lg_config *c = &m->cfg;
     if (B <= 0 || T <= 0) return lg_errorf("batch shape %d x %d is invalid", B, T);
     if (T > c->max_seq) return lg_errorf("sequence length %d exceeds the model's maximum %d", T, c->max_seq);
-    if (c->sliding_window > 0 && T > c->sliding_window)
-        return lg_errorf("sequence length %d exceeds the model's sliding_window %d (sliding-window attention "
-                         "is not implemented; use shorter sequences)", T, c->sliding_window);
+    if (c->rope_scaling.type == LG_ROPE_LONGROPE && T > c->rope_scaling.original_max)
+        return lg_errorf("sequence length %d exceeds original_max_position_embeddings %d: LongRoPE's long factors "
+                         "are not implemented (use sequences of at most %d)", T, c->rope_scaling.original_max,
+                         c->rope_scaling.original_max);
+    lg_model_rope_reserve(m, T);
     int64_t N = (int64_t)B * T, C = c->dim, F = c->hidden_dim, V = c->vocab_size, L = c->n_layers;
-    int64_t H = c->n_heads, qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    int64_t H = c->n_heads, KV = c->n_kv_heads, qd = (int64_t)c->n_heads * c->head_dim,
+            kvd = (int64_t)c->n_kv_heads * c->head_dim;
     int gpt2 = c->arch == LG_ARCH_GPT2;
     int64_t wide = LG_MAX(qd, gpt2 ? 3 * C : qd);
+    const int qkn = c->qk_norm, post = c->post_norms, fused = c->fused_qkv || c->fused_gate_up;
+    const int64_t fw = fused ? LG_MAX(c->fused_qkv ? qd + 2 * kvd : 0, c->fused_gate_up ? 2 * F : 0) : 0;
     /* Sizes in floats, every slice rounded to 16 floats so views stay 64-byte aligned. */
 #define R(x) (((x) + 15) & ~(int64_t)15)
     int64_t per_layer = R(N * C) * 4 /* x xn1 xmid xn2 */ + R(N) * 4 +
                         (gpt2 ? R(N * 3 * C) : R(N * qd) + 2 * R(N * kvd)) + R(B * H * T * T) + R(N * qd) +
-                        (gpt2 ? R(N * F) * 2 : R(N * F) * 3);
+                        (gpt2 ? R(N * F) * 2 : R(N * F) * 3) +
+                        (qkn ? R(N * qd) + R(N * kvd) + R(N * H) + R(N * KV) : 0) +
+                        (post ? 2 * R(N * C) + 2 * R(N) : 0);
+    /* what a layer keeps under recomputation: its input (and a post-norm model's MLP output) */
+    const int64_t kept = R(N * C) + (post ? R(N * C) + R(N) : 0);
     /* inference: one layer's buffers reused; recompute: every layer's input x plus one shared set
      * of the other activations, refilled per layer in backward */
     const int recompute = training == LG_PLAN_RECOMPUTE;
-    int64_t layers_total = !training ? per_layer : recompute ? (L - 1) * R(N * C) + per_layer : L * per_layer;
+    int64_t layers_total = !training ? per_layer : recompute ? (L - 1) * kept + per_layer : L * per_layer;
     /* Training with a frozen LM head: the logits are formed, turned into their loss gradient and
      * multiplied back through the head a block of rows at a time (forward), so only one block of
      * N x V is ever held; otherwise all N rows (inference reads them; a trainable head keeps the
@@ -342,8 +408,10 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
     const int64_t logit_rows = training && !m->lm_head->grad
                                    ? LG_MIN(N, LG_MAX((int64_t)16, m->logit_block_floats / V))
                                    : N;
-    int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(logit_rows * V);
-    int64_t grads = training ? R(N * C) * 3 + R(N * wide) * 6 + R(N * F) * 3 : 0;
+    int64_t rest = R(N * C) * 3 /* x_final xnf tmp */ + R(N) * 2 + R(logit_rows * V) + (fused ? R(N * fw) : 0);
+    int64_t grads = training ? R(N * C) * 3 + R(N * wide) * 6 + R(N * F) * 3 + (fused ? R(N * fw) : 0) +
+                                   (post ? R(N * C) : 0)
+                             : 0;
     int64_t total = layers_total + rest + grads;
     if (total > m->act_cap) { /* grow only: re-slicing a big enough arena allocates nothing */
         m->ops->free(m->ops, m->act_mem);
@@ -362,8 +430,13 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
         if (recompute && l > 0) {
             *a = m->acts[0];
             a->x = TAKE(N * C);
+            if (post) {
+                a->mo = TAKE(N * C);
+                a->rstd_pf = TAKE(N);
+            }
             continue;
         }
+        memset(a, 0, sizeof *a);
         a->x = TAKE(N * C);
         a->xn1 = TAKE(N * C);
         a->mean1 = TAKE(N);
@@ -392,15 +465,29 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
             a->up = TAKE(N * F);
             a->h = TAKE(N * F);
         }
+        if (qkn) {
+            a->qraw = TAKE(N * qd);
+            a->kraw = TAKE(N * kvd);
+            a->rstd_q = TAKE(N * H);
+            a->rstd_k = TAKE(N * KV);
+        }
+        if (post) {
+            a->ao = TAKE(N * C);
+            a->rstd_pa = TAKE(N);
+            a->mo = TAKE(N * C);
+            a->rstd_pf = TAKE(N);
+        }
     }
     m->x_final = TAKE(N * C);
     m->xnf = TAKE(N * C);
     m->tmp = TAKE(N * C);
-    for (int64_t l = 0; l < L; l++) m->acts[l].tmp = m->tmp;
+    float *fbuf = fused ? TAKE(N * fw) : NULL;
+    for (int64_t l = 0; l < L; l++) m->acts[l].tmp = m->tmp, m->acts[l].fused = fbuf;
     m->meanf = TAKE(N);
     m->rstdf = TAKE(N);
     m->logits = TAKE(logit_rows * V);
     m->logit_rows = (int)logit_rows;
+    m->dfused = m->dpost = NULL;
     if (training) {
         m->dres = TAKE(N * C);
         m->dxn = TAKE(N * C);
@@ -414,6 +501,13 @@ int lg_model_plan(lg_model *m, int B, int T, int training) {
         m->dgate = TAKE(N * F);
         m->dup = TAKE(N * F);
         m->dh = TAKE(N * F);
+        if (fused) m->dfused = TAKE(N * fw);
+        if (post) m->dpost = TAKE(N * C);
+    }
+    if (p - m->act_mem != total) { /* the sizes above and the slices must agree */
+        fprintf(stderr, "internal error: activation plan %lld != %lld floats\n", (long long)(p - m->act_mem),
+                (long long)total);
+        abort();
     }
 #undef TAKE
 #undef R
@@ -445,12 +539,29 @@ static void linear_bwd(lg_model *m, lg_linear *l, float *dx, const float *dy, co
     if (l->grad_hook) l->grad_hook(l, dyb, x, N, l->grad_hook_ud);
 }
 
+/* The weight an RMSNorm multiplies by: w, or Gemma's 1 + w (formed in a small scratch, so that the
+ * parameter stays Hugging Face's w and its gradient is the same: d(1 + w)/dw = 1). */
+static const float *norm_scale(lg_model *m, const lg_param *w, int C) {
+    if (!m->cfg.gemma_norms) return w->data;
+    for (int i = 0; i < C; i++) m->norm_w1[i] = 1.0f + w->data[i];
+    return m->norm_w1;
+}
+
+/* RMSNorm of `rows` rows of width C (the model width, or one head for the q/k norms). */
+static void rms_fwd(lg_model *m, float *out, float *rstd, const float *x, lg_param *w, int rows, int C) {
+    m->ops->rmsnorm_forward(m->ops, out, rstd, x, norm_scale(m, w, C), rows, C, m->cfg.norm_eps);
+}
+static void rms_bwd(lg_model *m, float *dx, const float *dout, const float *x, lg_param *w, const float *rstd, int rows,
+                    int C) {
+    m->ops->rmsnorm_backward(m->ops, dx, w->grad, dout, x, norm_scale(m, w, C), rstd, rows, C);
+}
+
 static void norm_fwd(lg_model *m, float *out, float *mean, float *rstd, const float *x, lg_param *w, lg_param *b,
                      int N) {
     if (m->cfg.arch == LG_ARCH_GPT2)
         m->ops->layernorm_forward(m->ops, out, mean, rstd, x, w->data, b->data, N, m->cfg.dim, m->cfg.norm_eps);
     else
-        m->ops->rmsnorm_forward(m->ops, out, rstd, x, w->data, N, m->cfg.dim, m->cfg.norm_eps);
+        rms_fwd(m, out, rstd, x, w, N, m->cfg.dim);
 }
 
 static void norm_bwd(lg_model *m, float *dx, const float *dout, const float *x, lg_param *w, lg_param *b,
@@ -458,11 +569,35 @@ static void norm_bwd(lg_model *m, float *dx, const float *dout, const float *x, 
     if (m->cfg.arch == LG_ARCH_GPT2)
         m->ops->layernorm_backward(m->ops, dx, w->grad, b->grad, dout, x, w->data, mean, rstd, N, m->cfg.dim);
     else
-        m->ops->rmsnorm_backward(m->ops, dx, w->grad, dout, x, w->data, rstd, N, m->cfg.dim);
+        rms_bwd(m, dx, dout, x, w, rstd, N, m->cfg.dim);
 }
 
 void lg_final_norm(lg_model *m, float *xn, float *mean, float *rstd, const float *x, int N) {
     norm_fwd(m, xn, mean, rstd, x, m->normf_w, m->normf_b, N);
+}
+
+void lg_embed(lg_model *m, float *x, const int *ids, int B, int T, int pos0) {
+    const lg_config *c = &m->cfg;
+    const long n = (long)B * T * c->dim;
+    m->ops->embedding_forward(m->ops, x, ids, lg_param_weight(m->wte, 0), B * T, c->dim);
+    if (c->embed_scale > 0)
+        for (long i = 0; i < n; i++) x[i] *= c->embed_scale;
+    if (c->arch == LG_ARCH_GPT2) m->ops->posemb_forward(m->ops, x, m->wpe->data, B, T, c->dim, pos0);
+}
+
+void lg_model_head(lg_model *m, float *logits, const float *xn, int N) {
+    const lg_config *c = &m->cfg;
+    m->ops->linear_forward(m->ops, logits, xn, lg_param_weight(m->lm_head, 1), NULL, N, c->dim, c->vocab_size);
+    if (c->final_softcap > 0) m->ops->softcap_forward(m->ops, logits, logits, (long)N * c->vocab_size, c->final_softcap);
+}
+
+/* Loss over rows of logits (soft-capped first when the model says so; capped: they already are). */
+static double model_ce(lg_model *m, float *logits, const int *tg, const float *w, int N, int capped, int want_grad) {
+    const lg_config *c = &m->cfg;
+    if (c->final_softcap > 0)
+        return m->ops->cross_entropy_softcap(m->ops, logits, tg, w, N, c->vocab_size, c->final_softcap, capped, 1.0f,
+                                             want_grad);
+    return m->ops->cross_entropy(m->ops, logits, tg, w, N, c->vocab_size, 1.0f, want_grad);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -474,8 +609,12 @@ static int block_linears(const lg_model *m, lg_layer *y, lg_linear **out) {
     if (m->cfg.arch == LG_ARCH_GPT2) {
         out[k++] = &y->qkv, out[k++] = &y->o, out[k++] = &y->up, out[k++] = &y->down;
     } else {
-        out[k++] = &y->q, out[k++] = &y->k, out[k++] = &y->v, out[k++] = &y->o;
-        out[k++] = &y->gate, out[k++] = &y->up, out[k++] = &y->down;
+        if (m->cfg.fused_qkv) out[k++] = &y->qkv;
+        else out[k++] = &y->q, out[k++] = &y->k, out[k++] = &y->v;
+        out[k++] = &y->o;
+        if (m->cfg.fused_gate_up) out[k++] = &y->gate_up;
+        else out[k++] = &y->gate, out[k++] = &y->up;
+        out[k++] = &y->down;
     }
     return k;
 }
@@ -501,11 +640,40 @@ static void drop_counters(lg_model *m, int l, int restore) {
     }
 }
 
+/* Layer l's attention options: score scale, soft cap, and its window when it is a sliding layer. */
+static lg_attn_params layer_attn(const lg_config *c, int l) {
+    lg_attn_params p = lg_attn_default(c->head_dim);
+    if (c->attn_scale > 0) p.scale = c->attn_scale;
+    p.softcap = c->attn_softcap;
+    p.window = c->swa_layers[l] ? c->sliding_window : 0;
+    return p;
+}
+
+/* Whether the options change anything for keys 0 .. npos-1 (else the plain kernels run). */
+static int attn_needs_ex(const lg_attn_params *p, int hd, int npos) {
+    return p->scale != lg_attn_default(hd).scale || p->softcap > 0 || (p->window > 0 && p->window < npos);
+}
+
+/* Columns [c0, c0 + w) of the rows of src (stride lds) into dense rows of dst (width w), and back. */
+static void take_cols(float *dst, const float *src, int lds, int c0, int w, int rows) {
+    for (int i = 0; i < rows; i++) memcpy(dst + (size_t)i * w, src + (size_t)i * lds + c0, (size_t)w * sizeof(float));
+}
+static void put_cols(float *dst, int ldd, int c0, const float *src, int w, int rows) {
+    for (int i = 0; i < rows; i++) memcpy(dst + (size_t)i * ldd + c0, src + (size_t)i * w, (size_t)w * sizeof(float));
+}
+
+/* RoPE tables of layer l: Gemma 3's sliding layers have their own base. */
+static void layer_rope(const lg_model *m, int l, const float **cos, const float **sin) {
+    const int local = m->rope_cos_l && lg_config_local_rope(&m->cfg, l);
+    *cos = local ? m->rope_cos_l : m->rope_cos;
+    *sin = local ? m->rope_sin_l : m->rope_sin;
+}
+
 void lg_block_forward(lg_model *m, int l, layer_acts *a, int B, int T, const lg_kv_view *kv, int training,
                       float *out) {
     const lg_config *c = &m->cfg;
     const lg_ops *ops = m->ops;
-    const int N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    const int N = B * T, C = c->dim, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, F = c->hidden_dim;
     const int qd = H * hd, kvd = KV * hd, gpt2 = c->arch == LG_ARCH_GPT2, pos0 = kv ? kv->pos0 : 0;
     lg_layer *y = &m->layers[l];
     norm_fwd(m, a->xn1, a->mean1, a->rstd1, a->x, y->norm1_w, y->norm1_b, N);
@@ -525,31 +693,69 @@ void lg_block_forward(lg_model *m, int l, layer_acts *a, int B, int T, const lg_
             k = a->k, v = a->v;
         }
     } else {
-        linear_fwd(m, &y->q, a->q, a->xn1, N, training);
-        linear_fwd(m, &y->k, k, a->xn1, N, training);
-        linear_fwd(m, &y->v, v, a->xn1, N, training);
-        ops->rope_forward(ops, a->q, a->q, qd, B, T, H, hd, pos0, m->rope_cos, m->rope_sin, c->rope_style);
-        ops->rope_forward(ops, k, k, kvd, B, T, KV, hd, pos0, m->rope_cos, m->rope_sin, c->rope_style);
+        /* q, k before their per-head norm go to qraw/kraw (qk_norm), else straight to q, k */
+        float *qp = c->qk_norm ? a->qraw : a->q, *kp = c->qk_norm ? a->kraw : k;
+        if (c->fused_qkv) {
+            const int w = qd + 2 * kvd;
+            linear_fwd(m, &y->qkv, a->fused, a->xn1, N, training);
+            take_cols(qp, a->fused, w, 0, qd, N);
+            take_cols(kp, a->fused, w, qd, kvd, N);
+            take_cols(v, a->fused, w, qd + kvd, kvd, N);
+        } else {
+            linear_fwd(m, &y->q, qp, a->xn1, N, training);
+            linear_fwd(m, &y->k, kp, a->xn1, N, training);
+            linear_fwd(m, &y->v, v, a->xn1, N, training);
+        }
+        if (c->qk_norm) {
+            rms_fwd(m, a->q, a->rstd_q, a->qraw, y->q_norm_w, N * H, hd);
+            rms_fwd(m, k, a->rstd_k, a->kraw, y->k_norm_w, N * KV, hd);
+        }
+        const float *rc, *rs;
+        layer_rope(m, l, &rc, &rs);
+        ops->rope_forward(ops, a->q, a->q, qd, B, T, H, hd, pos0, rc, rs, c->rope_style);
+        ops->rope_forward(ops, k, k, kvd, B, T, KV, hd, pos0, rc, rs, c->rope_style);
         ldq = qd;
         ldkv = kvd;
     }
-    if (kv)
+    const lg_attn_params ap = layer_attn(c, l);
+    if (kv && attn_needs_ex(&ap, hd, pos0 + T))
+        ops->attention_ex_decode(ops, a->att, a->q, ldq, kv->K, kv->V, kvd, T, pos0, H, KV, hd, &ap);
+    else if (kv)
         ops->attention_decode(ops, a->att, a->q, ldq, kv->K, kv->V, kvd, T, pos0, H, KV, hd);
+    else if (attn_needs_ex(&ap, hd, T))
+        ops->attention_ex_forward(ops, a->att, a->probs, a->q, ldq, k, ldkv, v, ldkv, B, T, H, KV, hd, &ap);
     else
         ops->attention_forward(ops, a->att, a->probs, a->q, ldq, k, ldkv, v, ldkv, B, T, H, KV, hd);
-    linear_fwd(m, &y->o, a->tmp, a->att, N, training);
+    if (c->post_norms) {
+        linear_fwd(m, &y->o, a->ao, a->att, N, training);
+        rms_fwd(m, a->tmp, a->rstd_pa, a->ao, y->post_attn_w, N, C);
+    } else {
+        linear_fwd(m, &y->o, a->tmp, a->att, N, training);
+    }
     for (long i = 0; i < (long)N * C; i++) a->xmid[i] = a->x[i] + a->tmp[i];
     norm_fwd(m, a->xn2, a->mean2, a->rstd2, a->xmid, y->norm2_w, y->norm2_b, N);
     if (gpt2) {
         linear_fwd(m, &y->up, a->up, a->xn2, N, training);
-        ops->gelu_forward(ops, a->h, a->up, (long)N * c->hidden_dim);
+        ops->gelu_forward(ops, a->h, a->up, (long)N * F);
     } else {
-        linear_fwd(m, &y->gate, a->gate, a->xn2, N, training);
-        linear_fwd(m, &y->up, a->up, a->xn2, N, training);
-        ops->swiglu_forward(ops, a->h, a->gate, a->up, (long)N * c->hidden_dim);
+        if (c->fused_gate_up) {
+            linear_fwd(m, &y->gate_up, a->fused, a->xn2, N, training);
+            take_cols(a->gate, a->fused, 2 * F, 0, F, N);
+            take_cols(a->up, a->fused, 2 * F, F, F, N);
+        } else {
+            linear_fwd(m, &y->gate, a->gate, a->xn2, N, training);
+            linear_fwd(m, &y->up, a->up, a->xn2, N, training);
+        }
+        if (c->mlp_act == LG_MLP_GEGLU) ops->geglu_forward(ops, a->h, a->gate, a->up, (long)N * F);
+        else ops->swiglu_forward(ops, a->h, a->gate, a->up, (long)N * F);
     }
     if (!out) return; /* a replay in backward needs nothing past h */
-    linear_fwd(m, &y->down, a->tmp, a->h, N, training);
+    if (c->post_norms) {
+        linear_fwd(m, &y->down, a->mo, a->h, N, training);
+        rms_fwd(m, a->tmp, a->rstd_pf, a->mo, y->post_ffn_w, N, C);
+    } else {
+        linear_fwd(m, &y->down, a->tmp, a->h, N, training);
+    }
     for (long i = 0; i < (long)N * C; i++) out[i] = a->xmid[i] + a->tmp[i];
 }
 
@@ -557,7 +763,6 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     const lg_config *c = &m->cfg;
     const lg_ops *ops = m->ops;
     int B = b->B, T = b->T, N = B * T, C = c->dim;
-    int gpt2 = c->arch == LG_ARCH_GPT2;
     /* a plan made for blocked logits is stale once the head trains */
     int stale = m->act_mem && m->logit_rows < N && m->lm_head->grad;
     if ((!m->act_mem || B != m->B || T != m->T || stale) &&
@@ -568,8 +773,7 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     const int training = m->training != 0, pack = !training;
 
     float *x = m->acts[0].x;
-    ops->embedding_forward(ops, x, b->inputs, lg_param_weight(m->wte, 0), N, C);
-    if (gpt2) ops->posemb_forward(ops, x, m->wpe->data, B, T, C, 0);
+    lg_embed(m, x, b->inputs, B, T, 0);
 
     for (int l = 0; l < c->n_layers; l++) {
         layer_acts *a = &m->acts[l];
@@ -596,7 +800,7 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
         for (int i0 = 0; i0 < N; i0 += m->logit_rows) {
             const int nr = LG_MIN(m->logit_rows, N - i0);
             ops->linear_forward(ops, m->logits, m->xnf + (int64_t)i0 * C, head, NULL, nr, C, V);
-            nll += ops->cross_entropy(ops, m->logits, b->targets + i0, b->weight + i0, nr, V, 1.0f, 1);
+            nll += model_ce(m, m->logits, b->targets + i0, b->weight + i0, nr, 0, 1);
             ops->linear_backward(ops, m->dlogit_x + (int64_t)i0 * C, NULL, NULL, m->logits, NULL, head, nr, C, V,
                                  1.0f);
         }
@@ -607,7 +811,7 @@ float lg_model_forward(lg_model *m, const lg_batch *b, double *wsum_out) {
     ops->linear_forward(ops, m->logits, m->xnf, head, NULL, N, C, V);
     /* Training: loss and d(sum w·nll)/dlogits in one pass over the logits (in place; backward
      * applies its loss scale in the lm_head GEMMs). Inference: the logits stay readable. */
-    nll = ops->cross_entropy(ops, m->logits, b->targets, b->weight, N, V, 1.0f, training);
+    nll = model_ce(m, m->logits, b->targets, b->weight, N, 0, training);
     m->logits_hold_grad = training;
     m->dlogit_ready = 0;
     return wsum > 0 ? (float)(nll / wsum) : NAN;
@@ -636,7 +840,8 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
 #pragma omp parallel for simd schedule(static) if (nc > 65536)
         for (int64_t i = 0; i < nc; i++) d[i] *= loss_scale;
     } else {
-        if (!m->logits_hold_grad) ops->cross_entropy(ops, m->logits, b->targets, b->weight, N, V, 1.0f, 1);
+        /* an inference forward left the (soft-capped) logits themselves */
+        if (!m->logits_hold_grad) model_ce(m, m->logits, b->targets, b->weight, N, 1, 1);
         memset(m->dlogit_x, 0, NC);
         ops->linear_backward(ops, m->dlogit_x, m->lm_head->grad, NULL, m->logits, m->xnf,
                              lg_param_weight(m->lm_head, 0), N, C, V, loss_scale);
@@ -655,9 +860,15 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
             drop_counters(m, l, 1);
             lg_block_forward(m, l, a, B, T, NULL, 1, NULL);
         }
-        /* MLP: x' = xmid + down(h); dres is d x' and becomes d xmid */
+        /* MLP: x' = xmid + down(h) (post_norms: + rmsnorm(down(h))); dres is d x' and becomes d xmid */
+        const float *ddown = m->dres;
+        if (c->post_norms) {
+            memset(m->dpost, 0, NC);
+            rms_bwd(m, m->dpost, m->dres, a->mo, y->post_ffn_w, a->rstd_pf, N, C);
+            ddown = m->dpost;
+        }
         memset(m->dh, 0, NF);
-        linear_bwd(m, &y->down, m->dh, m->dres, a->h, N);
+        linear_bwd(m, &y->down, m->dh, ddown, a->h, N);
         memset(m->dup, 0, NF);
         memset(m->dxn, 0, NC);
         if (gpt2) {
@@ -665,15 +876,30 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
             linear_bwd(m, &y->up, m->dxn, m->dup, a->xn2, N);
         } else {
             memset(m->dgate, 0, NF);
-            ops->swiglu_backward(ops, m->dgate, m->dup, m->dh, a->gate, a->up, (long)N * F);
-            linear_bwd(m, &y->gate, m->dxn, m->dgate, a->xn2, N);
-            linear_bwd(m, &y->up, m->dxn, m->dup, a->xn2, N);
+            if (c->mlp_act == LG_MLP_GEGLU)
+                ops->geglu_backward(ops, m->dgate, m->dup, m->dh, a->gate, a->up, (long)N * F);
+            else
+                ops->swiglu_backward(ops, m->dgate, m->dup, m->dh, a->gate, a->up, (long)N * F);
+            if (c->fused_gate_up) {
+                put_cols(m->dfused, 2 * F, 0, m->dgate, F, N);
+                put_cols(m->dfused, 2 * F, F, m->dup, F, N);
+                linear_bwd(m, &y->gate_up, m->dxn, m->dfused, a->xn2, N);
+            } else {
+                linear_bwd(m, &y->gate, m->dxn, m->dgate, a->xn2, N);
+                linear_bwd(m, &y->up, m->dxn, m->dup, a->xn2, N);
+            }
         }
         norm_bwd(m, m->dres, m->dxn, a->xmid, y->norm2_w, y->norm2_b, a->mean2, a->rstd2, N);
 
-        /* attention: xmid = x + o(att); dres becomes d x */
+        /* attention: xmid = x + o(att) (post_norms: + rmsnorm(o(att))); dres becomes d x */
+        const float *dao = m->dres;
+        if (c->post_norms) {
+            memset(m->dpost, 0, NC);
+            rms_bwd(m, m->dpost, m->dres, a->ao, y->post_attn_w, a->rstd_pa, N, C);
+            dao = m->dpost;
+        }
         memset(m->datt, 0, (size_t)N * qd * sizeof(float));
-        linear_bwd(m, &y->o, m->datt, m->dres, a->att, N);
+        linear_bwd(m, &y->o, m->datt, dao, a->att, N);
         memset(m->dxn, 0, NC);
         if (gpt2) {
             float *dqkv = m->dq;
@@ -685,18 +911,44 @@ void lg_model_backward(lg_model *m, const lg_batch *b, float loss_scale) {
             memset(m->dq, 0, (size_t)N * qd * sizeof(float));
             memset(m->dk, 0, (size_t)N * kvd * sizeof(float));
             memset(m->dv, 0, (size_t)N * kvd * sizeof(float));
-            ops->attention_backward(ops, m->dq, m->dk, m->dv, m->datt, a->q, qd, a->k, kvd, a->v, kvd, a->probs, B,
-                                    T, H, KV, hd);
+            const lg_attn_params ap = layer_attn(c, l);
+            if (attn_needs_ex(&ap, hd, T))
+                ops->attention_ex_backward(ops, m->dq, m->dk, m->dv, m->datt, a->q, qd, a->k, kvd, a->v, kvd, a->probs,
+                                           B, T, H, KV, hd, &ap);
+            else
+                ops->attention_backward(ops, m->dq, m->dk, m->dv, m->datt, a->q, qd, a->k, kvd, a->v, kvd, a->probs,
+                                        B, T, H, KV, hd);
+            const float *rc, *rs;
+            layer_rope(m, l, &rc, &rs);
             memset(m->dq2, 0, (size_t)N * qd * sizeof(float));
             memset(m->dk2, 0, (size_t)N * kvd * sizeof(float));
-            ops->rope_backward(ops, m->dq2, m->dq, qd, B, T, H, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
-            ops->rope_backward(ops, m->dk2, m->dk, kvd, B, T, KV, hd, 0, m->rope_cos, m->rope_sin, c->rope_style);
-            linear_bwd(m, &y->q, m->dxn, m->dq2, a->xn1, N);
-            linear_bwd(m, &y->k, m->dxn, m->dk2, a->xn1, N);
-            linear_bwd(m, &y->v, m->dxn, m->dv, a->xn1, N);
+            ops->rope_backward(ops, m->dq2, m->dq, qd, B, T, H, hd, 0, rc, rs, c->rope_style);
+            ops->rope_backward(ops, m->dk2, m->dk, kvd, B, T, KV, hd, 0, rc, rs, c->rope_style);
+            /* through the per-head norms: the gradients at qraw/kraw reuse dq/dk */
+            float *gq = m->dq2, *gk = m->dk2;
+            if (c->qk_norm) {
+                memset(m->dq, 0, (size_t)N * qd * sizeof(float));
+                memset(m->dk, 0, (size_t)N * kvd * sizeof(float));
+                rms_bwd(m, m->dq, m->dq2, a->qraw, y->q_norm_w, a->rstd_q, N * H, hd);
+                rms_bwd(m, m->dk, m->dk2, a->kraw, y->k_norm_w, a->rstd_k, N * KV, hd);
+                gq = m->dq, gk = m->dk;
+            }
+            if (c->fused_qkv) {
+                const int w = qd + 2 * kvd;
+                put_cols(m->dfused, w, 0, gq, qd, N);
+                put_cols(m->dfused, w, qd, gk, kvd, N);
+                put_cols(m->dfused, w, qd + kvd, m->dv, kvd, N);
+                linear_bwd(m, &y->qkv, m->dxn, m->dfused, a->xn1, N);
+            } else {
+                linear_bwd(m, &y->q, m->dxn, gq, a->xn1, N);
+                linear_bwd(m, &y->k, m->dxn, gk, a->xn1, N);
+                linear_bwd(m, &y->v, m->dxn, m->dv, a->xn1, N);
+            }
         }
         norm_bwd(m, m->dres, m->dxn, a->x, y->norm1_w, y->norm1_b, a->mean1, a->rstd1, N);
     }
+    if (c->embed_scale > 0) /* x0 = s * embedding: the table sees s * d x0 */
+        for (long i = 0; i < (long)N * C; i++) m->dres[i] *= c->embed_scale;
     if (m->wte->grad) ops->embedding_backward(ops, m->wte->grad, m->dres, b->inputs, N, C);
     if (gpt2 && m->wpe->grad) ops->posemb_backward(ops, m->wpe->grad, m->dres, B, T, C, 0);
 }

@@ -1,4 +1,5 @@
-/* model.h — one decoder for the LLaMA family and GPT-2, forward and backward on the CPU.
+/* model.h — one decoder for the LLaMA family (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3) and GPT-2,
+ * forward and backward on the CPU.
  *
  * All parameters live in one float32 arena with named views (llm.c style). Each parameter
  * has a gradient buffer only if it is trainable: a frozen weight is never differentiated,
@@ -43,8 +44,11 @@ typedef struct lg_linear {
 typedef struct {
     lg_param *norm1_w, *norm1_b, *norm2_w, *norm2_b; /* *_b only for LayerNorm (GPT-2) */
     lg_linear q, k, v, o;     /* LLaMA attention; GPT-2 uses qkv (c_attn) and o (c_proj) */
-    lg_linear qkv;
+    lg_linear qkv;            /* GPT-2 c_attn; Phi-3 qkv_proj (rows q | k | v) */
     lg_linear gate, up, down; /* LLaMA SwiGLU; GPT-2 uses up (c_fc) and down (c_proj) */
+    lg_linear gate_up;        /* Phi-3 gate_up_proj (rows gate | up), in place of gate and up */
+    lg_param *q_norm_w, *k_norm_w;    /* (head_dim) per-head q/k RMSNorm (Qwen3, Gemma 3); else NULL */
+    lg_param *post_attn_w, *post_ffn_w; /* (C) Gemma 2/3 norms of the attention / MLP outputs; else NULL */
 } lg_layer;
 
 typedef struct lg_model lg_model;

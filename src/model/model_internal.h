@@ -25,6 +25,13 @@ typedef struct {
     float *gate, *up; /* LLaMA: (N, F) each; GPT-2: up = pre-GELU (N, F) */
     float *h;       /* (N, F) */
     float *tmp;     /* (N, C) an output projection before the residual add (shared by layers) */
+    float *qraw, *kraw;     /* qk_norm: (N, qd), (N, kvd) q, k before the per-head norm */
+    float *rstd_q, *rstd_k; /* qk_norm: (N*H), (N*KV) */
+    float *ao, *rstd_pa;    /* post_norms: (N, C) attention output before its norm, (N) */
+    float *mo, *rstd_pf;    /* post_norms: (N, C) MLP output before its norm, (N); kept per layer
+                             * under recomputation (the replay stops before the down projection) */
+    float *fused;           /* fused_qkv / fused_gate_up: (N, max(qd + 2 kvd, 2F)) a fused GEMM's
+                             * output before the split (shared by layers) */
 } layer_acts;
 
 /* Where a block's attention finds keys and values: the batch itself (NULL: training and
@@ -49,7 +56,10 @@ struct lg_model {
     lg_layer *layers;
     int nlin;
     lg_linear **linears;
-    float *rope_cos, *rope_sin;
+    float *rope_cos, *rope_sin;     /* (rope_len, hd/2) global layers' RoPE */
+    float *rope_cos_l, *rope_sin_l; /* (rope_len, hd/2) sliding layers' RoPE (Gemma 3), else NULL */
+    int rope_len;                   /* positions the tables cover (lg_model_rope_reserve) */
+    float *norm_w1;                 /* (max(C, hd)) Gemma: 1 + w of the norm being applied */
     /* activation plan; training: 0 inference, 1 keep every layer's activations for backward,
      * LG_PLAN_RECOMPUTE keep only each layer's input and recompute the layer in backward */
     int B, T, training;
@@ -64,6 +74,8 @@ struct lg_model {
     float *datt, *dq, *dk, *dv, *dq2, *dk2; /* (N, max(qd, 3C)) */
     float *dgate, *dup, *dh;        /* (N, F) */
     float *dlogit_x;                /* (N, C) gradient at the final norm output */
+    float *dfused;                  /* (N, max(qd + 2 kvd, 2F)) gradient at a fused projection's output */
+    float *dpost;                   /* (N, C) gradient at a post-norm's input (post_norms) */
     int logits_hold_grad;           /* a training forward left dL/dlogits (unscaled) in logits */
     int logit_rows;                 /* rows of logits held: N, or a block (training, frozen head) */
     int64_t logit_block_floats;     /* the block's size in floats (tests lower it) */
@@ -85,5 +97,13 @@ void lg_block_forward(lg_model *m, int l, layer_acts *a, int B, int T, const lg_
                       float *out);
 /* The final norm (N rows of x into xn) and the LM head, as the forward uses them. */
 void lg_final_norm(lg_model *m, float *xn, float *mean, float *rstd, const float *x, int N);
+/* The block input: token embeddings of ids (B x T at positions pos0..) into x (N, C), scaled
+ * (Gemma) and with GPT-2's learned positions added. */
+void lg_embed(lg_model *m, float *x, const int *ids, int B, int T, int pos0);
+/* RoPE tables for positions up to npos (grown on demand, never shrunk). */
+void lg_model_rope_reserve(lg_model *m, int npos);
+/* Logits rows (N x V) from the final norm's output, soft-capped when the model says so
+ * (inference: generate). */
+void lg_model_head(lg_model *m, float *logits, const float *xn, int N);
 
 #endif

@@ -23,6 +23,7 @@
 #ifndef LG_OPS_H
 #define LG_OPS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +48,17 @@ typedef struct {
 } lg_weight;
 
 static inline lg_weight lg_weight_f32(const float *w) { return (lg_weight){w, NULL, NULL}; }
+
+/* Options of the attention_ex kernels. */
+typedef struct lg_attn_params {
+    float scale;   /* scores = scale q.k: 1/sqrt(hd) by default; Gemma: query_pre_attn_scalar^-1/2 */
+    float softcap; /* > 0: scores -> softcap tanh(scores / softcap) before the mask (Gemma 2); 0: none */
+    int window;    /* > 0: query t attends to keys t-window+1 .. t (sliding window); 0: all of 0 .. t */
+} lg_attn_params;
+
+static inline lg_attn_params lg_attn_default(int hd) {
+    return (lg_attn_params){1.0f / sqrtf((float)hd), 0.0f, 0};
+}
 
 typedef struct lg_ops lg_ops;
 struct lg_ops {
@@ -152,7 +164,40 @@ struct lg_ops {
 
     /* y += a * x over n elements. */
     void (*axpy)(const lg_ops *o, long n, float a, const float *x, float *y);
+
+    /* ---- architecture features beyond LLaMA / GPT-2 (Gemma 2/3, Mistral, Phi-3 windows) ------ */
+    /* GeGLU: out = gelu_tanh(gate) * up, elementwise over n (Gemma's gelu_pytorch_tanh). */
+    void (*geglu_forward)(const lg_ops *o, float *out, const float *gate, const float *up, long n);
+    void (*geglu_backward)(const lg_ops *o, float *dgate, float *dup, const float *dout, const float *gate,
+                           const float *up, long n);
+
+    /* Attention as attention_forward/backward/decode (same layouts and strides), with the score
+     * scale, a soft cap on the scores and a sliding window taken from p (lg_attn_params). With
+     * p = lg_attn_default(hd) the results equal the plain kernels'. probs (B, H, T, T) holds zeros
+     * outside each row's window. */
+    void (*attention_ex_forward)(const lg_ops *o, float *out, float *probs, const float *q, int ldq, const float *k,
+                                 int ldk, const float *v, int ldv, int B, int T, int H, int KV, int hd,
+                                 const lg_attn_params *p);
+    void (*attention_ex_backward)(const lg_ops *o, float *dq, float *dk, float *dv, const float *dout,
+                                  const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                                  const float *probs, int B, int T, int H, int KV, int hd,
+                                  const lg_attn_params *p);
+    void (*attention_ex_decode)(const lg_ops *o, float *out, const float *q, int ldq, const float *K,
+                                const float *V, int ldkv, int n, int pos0, int H, int KV, int hd,
+                                const lg_attn_params *p);
+
+    /* Soft cap: out = cap * tanh(in / cap) over n (cap > 0). out may alias in. Inference logits
+     * of Gemma 2; the training gradient through it is cross_entropy_softcap's. */
+    void (*softcap_forward)(const lg_ops *o, float *out, const float *in, long n, float cap);
+    /* cross_entropy on the soft-capped logits y = cap tanh(x / cap) of raw logits x (rows N x V):
+     * returns sum_i weight[i] * nll_i(y). Without want_grad the logits are left holding y (what
+     * transformers returns as logits); with want_grad they become d(dscale sum w nll)/dx, the
+     * gradient with respect to the raw logits. capped != 0: the logits already hold y (a soft
+     * cap applied earlier), the gradient is still the raw logits'. */
+    double (*cross_entropy_softcap)(const lg_ops *o, float *logits, const int *targets, const float *weight, int N,
+                                    int V, float cap, int capped, float dscale, int want_grad);
 };
+
 
 /* The CPU backend (OpenBLAS, oneDNN, LAPACK, OpenMP) computing the linear layers in precision p
  * (AUTO resolved by lg_precision_resolve). 0 = ok; -1 with a message (bf16 impossible here). */
@@ -177,6 +222,9 @@ void lg_set_threads(int n);
 
 /* Build RoPE tables (max_pos x hd/2) for base theta; caller frees with free(). */
 void lg_rope_tables(int max_pos, int hd, float theta, float **cos, float **sin);
+/* The same from explicit inverse frequencies (half = hd/2 of them: angle(p, i) = p * inv_freq[i]),
+ * every entry multiplied by mscale (RoPE scalings that also scale attention: LongRoPE). */
+void lg_rope_tables_freq(int max_pos, int half, const double *inv_freq, double mscale, float **cos, float **sin);
 
 /* bfloat16 rounding of float32 (to nearest even), n values: into bf16 storage, or in place as
  * float32 with the low 16 bits cleared (the value a bf16 GEMM input has). */

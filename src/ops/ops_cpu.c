@@ -543,6 +543,20 @@ void lg_rope_tables(int max_pos, int hd, float theta, float **cos_out, float **s
     *sin_out = s;
 }
 
+void lg_rope_tables_freq(int max_pos, int half, const double *inv_freq, double mscale, float **cos_out,
+                         float **sin_out) {
+    float *c = lg_malloc((size_t)max_pos * (size_t)half * sizeof(float));
+    float *s = lg_malloc((size_t)max_pos * (size_t)half * sizeof(float));
+    for (int i = 0; i < half; i++)
+        for (int p = 0; p < max_pos; p++) {
+            double a = (double)p * inv_freq[i];
+            c[(long)p * half + i] = (float)(cos(a) * mscale);
+            s[(long)p * half + i] = (float)(sin(a) * mscale);
+        }
+    *cos_out = c;
+    *sin_out = s;
+}
+
 /* Index of the second element of pair i: HALF pairs (i, i + hd/2), INTERLEAVED (2i, 2i+1). */
 #define ROPE_IDX(style, i, half) ((style) == LG_ROPE_HALF ? (i) : 2 * (i))
 #define ROPE_STEP(style, half) ((style) == LG_ROPE_HALF ? (half) : 1)
@@ -904,6 +918,240 @@ static void cpu_attention_decode(const lg_ops *o, float *out, const float *q, in
     }
 }
 
+/* ---- architecture features: GeGLU, attention with scale / soft cap / window, soft caps ------ */
+
+/* out (n) = gelu_tanh(gate) * up (Gemma's gelu_pytorch_tanh, the formula of gelu_forward). */
+static void cpu_geglu_forward(const lg_ops *o, float *out, const float *gate, const float *up, long n) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (long i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = 0.5f * g * (1.0f + tanhf(GELU_K * (g + GELU_C * g * g * g))) * up[i];
+    }
+}
+
+/* dgate += dout up gelu'(g);  dup += dout gelu(g). */
+static void cpu_geglu_backward(const lg_ops *o, float *dgate, float *dup, const float *dout, const float *gate,
+                               const float *up, long n) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (long i = 0; i < n; i++) {
+        float g = gate[i], th = tanhf(GELU_K * (g + GELU_C * g * g * g));
+        if (dgate) {
+            float du = GELU_K * (1.0f + 3.0f * GELU_C * g * g);
+            dgate[i] += dout[i] * up[i] * (0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * du);
+        }
+        if (dup) dup[i] += dout[i] * 0.5f * g * (1.0f + th);
+    }
+}
+
+/* First key query t sees: t - window + 1 with a window, else 0. */
+static inline int win_lo(int t, int window) { return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0; }
+
+/* Query rows per block of the _ex attention kernels, and the stack scratch of their backward. */
+#define EXA_ROWS 64
+#define EXA_DS_MAX 8192
+static int exa_rows(int T) { return LG_MAX(1, LG_MIN(EXA_ROWS, EXA_DS_MAX / T)); }
+
+/* Per (b, h), in row blocks [r0, r1) with keys [k0, r1), k0 = the first key of row r0's window:
+ *   S = scale Q K^T -> soft cap -> softmax over each row's window (the rest of the row 0)
+ *   -> O = P V.  Layouts as cpu_attention_forward. */
+static void cpu_attention_ex_forward(const lg_ops *o, float *out, float *probs, const float *q, int ldq,
+                                     const float *k, int ldk, const float *v, int ldv, int B, int T, int H,
+                                     int KV, int hd, const lg_attn_params *p) {
+    const int group = H / KV, ldo = H * hd, W = p->window, rows = exa_rows(T);
+    const float scale = p->scale, cap = p->softcap;
+#pragma omp parallel for schedule(dynamic, 1) if ((long)B * H * T * T * hd >= PAR_MIN && B * H > 1)
+    for (int bh = 0; bh < B * H; bh++) {
+        int b = bh / H, h = bh % H, kvh = h / group;
+        const float *qb = q + (long)b * T * ldq + (long)h * hd;
+        const float *kb = k + (long)b * T * ldk + (long)kvh * hd;
+        const float *vb = v + (long)b * T * ldv + (long)kvh * hd;
+        float *ob = out + (long)b * T * ldo + (long)h * hd;
+        float *P = probs + (long)bh * T * T;
+        for (int r0 = 0; r0 < T; r0 += rows) {
+            const int r1 = LG_MIN(T, r0 + rows), m = r1 - r0, k0 = win_lo(r0, W), nk = r1 - k0;
+            blas_sgemm(0, 1, m, nk, hd, scale, qb + (long)r0 * ldq, ldq, kb + (long)k0 * ldk, ldk, 0.0f,
+                       P + (long)r0 * T + k0, T);
+            for (int t = r0; t < r1; t++) {
+                float *pr = P + (long)t * T;
+                const int lo = win_lo(t, W);
+                if (cap > 0)
+                    for (int s = lo; s <= t; s++) pr[s] = cap * tanhf(pr[s] / cap);
+                softmax_row(pr + lo, t - lo + 1);
+                if (lo > 0) memset(pr, 0, (size_t)lo * sizeof(float));
+                if (t + 1 < T) memset(pr + t + 1, 0, (size_t)(T - t - 1) * sizeof(float));
+            }
+            blas_sgemm(0, 0, m, hd, nk, 1.0f, P + (long)r0 * T + k0, T, vb + (long)k0 * ldv, ldv, 0.0f,
+                       ob + (long)r0 * ldo, ldo);
+        }
+    }
+}
+
+/* Per (b, kv head), its query heads in order (no races on dK/dV), row blocks [r0, r1), keys [k0, r1):
+ *   dV += P^T dO;  dS = P (dO V^T - rowsum);  soft cap: dS *= 1 - tanh^2(s / cap) with the raw
+ *   scores s = scale Q K^T recomputed;  dQ += scale dS K;  dK += scale dS^T Q. */
+static void cpu_attention_ex_backward(const lg_ops *o, float *dq, float *dk, float *dv, const float *dout,
+                                      const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                                      const float *probs, int B, int T, int H, int KV, int hd,
+                                      const lg_attn_params *p) {
+    if (!dq && !dk && !dv) return;
+    const int group = H / KV, ldo = H * hd, W = p->window, rows = exa_rows(T), need_ds = dq || dk;
+    const float scale = p->scale, cap = p->softcap;
+#pragma omp parallel for schedule(dynamic, 1) if ((long)B * H * T * T * hd >= PAR_MIN && B * KV > 1)
+    for (int bk = 0; bk < B * KV; bk++) {
+        float dS[EXA_DS_MAX], Y[EXA_DS_MAX];
+        int b = bk / KV, kvh = bk % KV;
+        const float *kb = k + (long)b * T * ldk + (long)kvh * hd;
+        const float *vb = v + (long)b * T * ldv + (long)kvh * hd;
+        float *dkb = dk ? dk + (long)b * T * ldk + (long)kvh * hd : NULL;
+        float *dvb = dv ? dv + (long)b * T * ldv + (long)kvh * hd : NULL;
+        for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+            const float *qb = q + (long)b * T * ldq + (long)h * hd;
+            const float *gob = dout + (long)b * T * ldo + (long)h * hd;
+            const float *P = probs + ((long)b * H + h) * T * T;
+            float *dqb = dq ? dq + (long)b * T * ldq + (long)h * hd : NULL;
+            for (int r0 = 0; r0 < T; r0 += rows) {
+                const int r1 = LG_MIN(T, r0 + rows), m = r1 - r0, k0 = win_lo(r0, W), nk = r1 - k0;
+                const float *Pb = P + (long)r0 * T + k0; /* zero outside each row's window */
+                if (dvb)
+                    blas_sgemm(1, 0, nk, hd, m, 1.0f, Pb, T, gob + (long)r0 * ldo, ldo, 1.0f, dvb + (long)k0 * ldv,
+                               ldv);
+                if (!need_ds) continue;
+                blas_sgemm(0, 1, m, nk, hd, 1.0f, gob + (long)r0 * ldo, ldo, vb + (long)k0 * ldv, ldv, 0.0f, dS, nk);
+                if (cap > 0)
+                    blas_sgemm(0, 1, m, nk, hd, scale, qb + (long)r0 * ldq, ldq, kb + (long)k0 * ldk, ldk, 0.0f, Y,
+                               nk);
+                for (int t = r0; t < r1; t++) {
+                    float *ds = dS + (long)(t - r0) * nk;
+                    const float *y = Y + (long)(t - r0) * nk;
+                    const int lo = win_lo(t, W) - k0, hi = t - k0; /* the window in block columns */
+                    softmax_bwd_row(ds + lo, P + (long)t * T + k0 + lo, hi - lo + 1);
+                    if (cap > 0)
+                        for (int s = lo; s <= hi; s++) {
+                            float th = tanhf(y[s] / cap);
+                            ds[s] *= 1.0f - th * th;
+                        }
+                    for (int s = 0; s < lo; s++) ds[s] = 0.0f;
+                    for (int s = hi + 1; s < nk; s++) ds[s] = 0.0f;
+                }
+                if (dqb)
+                    blas_sgemm(0, 0, m, hd, nk, scale, dS, nk, kb + (long)k0 * ldk, ldk, 1.0f, dqb + (long)r0 * ldq,
+                               ldq);
+                if (dkb)
+                    blas_sgemm(1, 0, nk, hd, m, scale, dS, nk, qb + (long)r0 * ldq, ldq, 1.0f, dkb + (long)k0 * ldk,
+                               ldk);
+            }
+        }
+    }
+}
+
+/* As cpu_attention_decode (online softmax over the cached keys), the keys of query i limited to
+ * its window, scores scaled by p->scale and soft-capped. */
+static void cpu_attention_ex_decode(const lg_ops *o, float *out, const float *q, int ldq, const float *K,
+                                    const float *V, int ldkv, int n, int pos0, int H, int KV, int hd,
+                                    const lg_attn_params *p) {
+    const int group = H / KV, qd = H * hd;
+    const float scale = p->scale, cap = p->softcap;
+    const long work = (long)n * H;
+    const long flops = (long)H * n * (pos0 + n) * hd;
+#pragma omp parallel for schedule(dynamic, 1) if (flops >= (1L << 22) && work > 1)
+    for (long w = 0; w < work; w++) {
+        const int i = (int)(w / H), h = (int)(w % H), kvh = h / group, nk = pos0 + i + 1;
+        const float *qi = q + (long)i * ldq + (long)h * hd;
+        float acc[DEC_MAX_HD], sc[DEC_BLK], mx = -INFINITY, sum = 0.0f;
+        for (int d = 0; d < hd; d++) acc[d] = 0.0f;
+        for (int j0 = win_lo(nk - 1, p->window); j0 < nk; j0 += DEC_BLK) {
+            const int j1 = LG_MIN(nk, j0 + DEC_BLK);
+            float bm = -INFINITY;
+            for (int j = j0; j < j1; j++) {
+                const float *kj = K + (long)j * ldkv + (long)kvh * hd;
+                float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                for (int d = 0; d < hd; d++) dot += qi[d] * kj[d];
+                float s = scale * dot;
+                if (cap > 0) s = cap * tanhf(s / cap);
+                sc[j - j0] = s;
+                bm = s > bm ? s : bm;
+            }
+            const float m2 = bm > mx ? bm : mx, corr = expf(mx - m2);
+            sum *= corr;
+            for (int d = 0; d < hd; d++) acc[d] *= corr;
+            for (int j = j0; j < j1; j++) {
+                const float pj = expf(sc[j - j0] - m2);
+                const float *vj = V + (long)j * ldkv + (long)kvh * hd;
+                sum += pj;
+#pragma omp simd
+                for (int d = 0; d < hd; d++) acc[d] += pj * vj[d];
+            }
+            mx = m2;
+        }
+        float *oi = out + (long)i * qd + (long)h * hd;
+        const float inv = 1.0f / sum;
+        for (int d = 0; d < hd; d++) oi[d] = acc[d] * inv;
+    }
+}
+
+/* out (n) = cap tanh(in / cap). */
+static void cpu_softcap_forward(const lg_ops *o, float *out, const float *in, long n, float cap) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (long i = 0; i < n; i++) out[i] = cap * tanhf(in[i] / cap);
+}
+
+/* One row of cross_entropy_softcap: caps in place (unless capped), returns w nll; with want_grad
+ * the row becomes dscale w (softmax(y) - onehot) (1 - (y / cap)^2). */
+static double ce_softcap_row(float *restrict l, int V, int tgt, float w, float cap, int capped, float dscale,
+                             int want_grad) {
+    if (!capped)
+        for (int j = 0; j < V; j++) l[j] = cap * tanhf(l[j] / cap);
+    float mx = l[0];
+    for (int j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+    double sum = 0.0;
+    for (int j0 = 0; j0 < V; j0 += 256) { /* float partial sums, added in double (as ce_row) */
+        const int j1 = LG_MIN(V, j0 + 256);
+        float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+        for (int j = j0; j < j1; j++) part += exp_vec(l[j] - mx);
+        sum += part;
+    }
+    const double lse = (double)mx + log(sum);
+    const double nll = lse - (double)l[tgt];
+    if (want_grad) {
+        const float ws = dscale * w, lsef = (float)lse;
+        for (int j = 0; j < V; j++) {
+            const float y = l[j], t = y / cap;
+            l[j] = ws * (exp_vec(y - lsef) - (j == tgt ? 1.0f : 0.0f)) * (1.0f - t * t);
+        }
+    }
+    return (double)w * nll;
+}
+
+/* Blocks of rows summed in order, as cpu_cross_entropy: the same bits for any thread count. */
+static double cpu_cross_entropy_softcap(const lg_ops *o, float *logits, const int *targets, const float *weight,
+                                        int N, int V, float cap, int capped, float dscale, int want_grad) {
+    enum { MAX_BLK = 4096 };
+    double part[MAX_BLK];
+    int per = LG_MAX(CE_ROWS, (N + MAX_BLK - 1) / MAX_BLK);
+    int nblk = (N + per - 1) / per;
+#pragma omp parallel for schedule(static) if ((long)N * V >= PAR_MIN && nblk > 1)
+    for (int blk = 0; blk < nblk; blk++) {
+        double acc = 0.0;
+        for (int i = blk * per; i < LG_MIN(N, (blk + 1) * per); i++) {
+            float *l = logits + (long)i * V;
+            float w = weight ? weight[i] : 1.0f;
+            if (w == 0.0f) {
+                if (want_grad) memset(l, 0, (size_t)V * sizeof(float));
+                else if (!capped)
+                    for (int j = 0; j < V; j++) l[j] = cap * tanhf(l[j] / cap);
+                continue;
+            }
+            acc += ce_softcap_row(l, V, targets[i], w, cap, capped, dscale, want_grad);
+        }
+        part[blk] = acc;
+    }
+    double total = 0.0;
+    for (int blk = 0; blk < nblk; blk++) total += part[blk];
+    return total;
+}
+
 /* ---- the backend ---------------------------------------------------------------------- */
 
 static void *cpu_alloc(const lg_ops *o, size_t bytes) { return lg_aligned_alloc(bytes); }
@@ -941,6 +1189,13 @@ static const lg_ops g_cpu_vt = {
     .gelu_backward = cpu_gelu_backward,
     .cross_entropy = cpu_cross_entropy,
     .axpy = cpu_axpy,
+    .geglu_forward = cpu_geglu_forward,
+    .geglu_backward = cpu_geglu_backward,
+    .attention_ex_forward = cpu_attention_ex_forward,
+    .attention_ex_backward = cpu_attention_ex_backward,
+    .attention_ex_decode = cpu_attention_ex_decode,
+    .softcap_forward = cpu_softcap_forward,
+    .cross_entropy_softcap = cpu_cross_entropy_softcap,
 };
 
 int lg_bf16_native(void) {
